@@ -1,0 +1,92 @@
+"""Errors -> the ingress envelope, in one place (DESIGN §6).
+
+Everything raised on a request ends here: a ``GatewayError`` renders as itself,
+FastAPI's validation errors become 400 (never 422), unknown routes and methods
+keep their status in the OpenAI envelope, and anything unexpected is a 500
+whose details go to the log with the request id, not to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic_core import to_json
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from gateway.errors import GatewayError, InvalidRequest, format_loc
+
+log = logging.getLogger("gateway.errors")
+_LOC_ROOTS = ("body", "query", "path", "header")
+
+
+def error_json(exc: GatewayError) -> bytes:
+    return to_json({"error": exc.to_dict()})
+
+
+def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        error_json(exc),
+        status_code=exc.status,
+        headers={**(headers or {}), **exc.response_headers()},
+        media_type="application/json",
+    )
+
+
+def validation_error(errors: list[dict]) -> InvalidRequest:
+    """The first of pydantic's errors, as a 400 naming the field."""
+    first = errors[0]
+    param = format_loc(tuple(first.get("loc", ())), skip=_LOC_ROOTS) or None
+    kind = first.get("type", "")
+    if kind == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif kind == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {param}"
+    else:
+        message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
+    return InvalidRequest(message, param=param)
+
+
+class _NotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class _MethodNotAllowed(GatewayError):
+    status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(validation_error(list(exc.errors())))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        error: GatewayError = _MethodNotAllowed(f"Method {request.method} is not allowed here.")
+    elif exc.status_code == 404:
+        error = _NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
+    else:
+        error = GatewayError(str(exc.detail))
+        error.status = exc.status_code
+    return error_response(error, headers=dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    access = request.scope.get("gateway.access")
+    log.error("unhandled error request_id=%s", getattr(access, "request_id", "-"), exc_info=exc)
+    return error_response(GatewayError("The gateway had an internal error."))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

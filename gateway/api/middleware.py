@@ -1,0 +1,97 @@
+"""The request context, as pure ASGI middleware (no ``BaseHTTPMiddleware`` on the hot path).
+
+For every HTTP request it settles the request id (the client's ``x-request-id``
+when it is sane, else a new one) and echoes it, refuses bodies over
+``max_body_bytes`` with 413 before anything parses them, and writes the one
+access-log line when the response is done.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.api.handlers import error_json
+from gateway.errors import RequestTooLarge
+from gateway.observability.logging import AccessRecord, access_log
+
+_SANE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = b""
+        length = -1
+        for name, value in scope["headers"]:
+            if name == b"x-request-id" and _SANE_ID.fullmatch(value):
+                request_id = value
+            elif name == b"content-length" and value.isdigit():
+                length = int(value)
+        if not request_id:
+            request_id = uuid.uuid4().hex.encode()
+        id_header = (b"x-request-id", request_id)
+        record = AccessRecord(request_id.decode(), scope["method"], scope["path"])
+        scope["gateway.access"] = record
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), id_header]
+            await send(message)
+
+        limit = self.max_body_bytes
+        try:
+            if length > limit:
+                await _refuse(send_with_id, _too_large(limit))
+                return
+            if length < 0:  # chunked: count as it arrives
+                receive = _counting(receive, limit)
+            await self.app(scope, receive, send_with_id)
+        finally:
+            access_log.info(record.line((time.perf_counter() - started) * 1000))
+
+
+def _counting(receive: Receive, limit: int) -> Receive:
+    seen = 0
+
+    async def counted() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _too_large(limit)
+        return message
+
+    return counted
+
+
+async def _refuse(send: Send, exc: RequestTooLarge) -> None:
+    body = error_json(exc)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": exc.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,51 @@
+"""``create_app(settings)``: the composition root of the HTTP service."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from gateway import __version__
+from gateway.api import health, openai
+from gateway.api.handlers import install_error_handlers
+from gateway.api.middleware import RequestContextMiddleware
+from gateway.config import Settings, load_settings, resolve_config_path
+from gateway.resources import Resources
+
+
+def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The gateway for ``settings``; ``transport`` replaces every provider's (tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
+        resources = await Resources.build(settings, transport)
+        try:
+            yield {"resources": resources}
+        finally:
+            await resources.aclose()
+
+    app = FastAPI(title="LLM gateway", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(health.router)
+    if settings.server.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.server.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "x-gateway-served-by", "retry-after"],
+        )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.server.max_body_bytes)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for ``--workers N``: each worker loads the config itself."""
+    import os
+
+    return create_app(load_settings(resolve_config_path(None, os.environ)))

@@ -1,0 +1,320 @@
+"""Settings: the YAML config file, ``${VAR}`` substitution, validation.
+
+Every mistake becomes one ``ConfigError`` whose lines name the file and the
+field's path (``configs/gateway.yaml: models.gpt-4o.deployments[0].weigth:
+unknown field``), so ``gateway serve`` can refuse to start before binding a
+port and ``gateway check-config`` can print exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import format_loc
+
+log = logging.getLogger("gateway.config")
+
+DEFAULT_CONFIG = "gateway.yaml"
+DEFAULT_PRICES = "prices.yaml"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; ``str()`` is the message for the operator."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    connect: PositiveFloat = 5.0
+    first_token: PositiveFloat = 60.0
+    idle: PositiveFloat = 60.0
+    total: PositiveFloat = 600.0
+
+
+class Price(_Strict):
+    """USD per one million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
+class ProviderConfig(_Strict):
+    type: str
+    base_url: str | None = None
+    # None: the upstream needs no key (a local vLLM); "" after substitution:
+    # the provider is disabled, e.g. ``${OPENAI_API_KEY:-}`` with the var unset.
+    api_key: SecretStr | None = None
+    api_version: str | None = None
+    headers: dict[str, str] = {}
+    max_connections: PositiveInt = 256
+
+    @property
+    def enabled(self) -> bool:
+        return self.api_key is None or bool(self.api_key.get_secret_value())
+
+
+class Deployment(_Strict):
+    provider: str
+    model: str
+    weight: PositiveFloat = 1.0
+    timeout: Timeouts = Timeouts()
+    max_parallel: PositiveInt | None = None
+    price: Price | None = None
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _total_as_number(cls, value: Any) -> Any:
+        # ``timeout: 30`` bounds the whole call, and every phase within it.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            v = float(value)
+            return {"connect": min(5.0, v), "first_token": v, "idle": v, "total": v}
+        return value
+
+
+class Routing(_Strict):
+    strategy: Literal["weighted", "least-busy", "latency", "hedge"] = "weighted"
+    hedge_after_ms: PositiveInt | None = None
+
+
+class ModelConfig(_Strict):
+    deployments: list[Deployment] = Field(min_length=1)
+    routing: Routing = Routing()
+    fallbacks: list[str] = []
+    max_output_tokens: PositiveInt | None = None
+
+
+class Limits(_Strict):
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_parallel: PositiveInt | None = None
+    budget_usd: float | None = Field(default=None, gt=0)
+    budget_period: Literal["day", "month", "total"] | None = None
+
+    @model_validator(mode="after")
+    def _period_needs_budget(self) -> Limits:
+        if self.budget_period is not None and self.budget_usd is None:
+            raise ValueError("budget_period needs budget_usd")
+        return self
+
+
+class KeyConfig(_Strict):
+    name: str = Field(min_length=1)
+    key: SecretStr
+    models: list[str] = ["*"]
+    limits: Limits = Limits()
+    expires_at: datetime | None = None
+    metadata: dict[str, Any] = {}
+
+    @field_validator("key")
+    @classmethod
+    def _looks_like_a_key(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if not secret.startswith("sk-") or len(secret) < 8:
+            raise ValueError("a key must start with 'sk-' and be at least 8 characters")
+        return value
+
+
+class ServerConfig(_Strict):
+    cors_origins: list[str] = []
+    fail_mode: Literal["open", "closed"] = "open"
+    data_dir: Path | None = None
+    metrics: bool = True
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    default_max_output_tokens: PositiveInt = 4096
+    # How long in-flight requests and streams may finish after SIGTERM.
+    drain_seconds: float = Field(default=30.0, ge=0)
+
+
+class Settings(_Strict):
+    providers: dict[str, ProviderConfig] = {}
+    models: dict[str, ModelConfig] = {}
+    keys: list[KeyConfig] = []
+    server: ServerConfig = ServerConfig()
+    prices: dict[str, Price] = {}
+    # Not from the YAML: where it came from and what the environment adds.
+    source: str = Field(default="<defaults>", exclude=True)
+    master_key: SecretStr | None = Field(default=None, exclude=True)
+    redis_url: SecretStr | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Settings:
+        problems = []
+        for name, model in self.models.items():
+            for i, dep in enumerate(model.deployments):
+                if dep.provider not in self.providers:
+                    problems.append(
+                        f"models.{name}.deployments[{i}].provider: unknown provider {dep.provider!r}"
+                    )
+            for i, fallback in enumerate(model.fallbacks):
+                if fallback not in self.models:
+                    problems.append(f"models.{name}.fallbacks[{i}]: unknown model {fallback!r}")
+        seen: dict[str, int] = {}
+        for i, key in enumerate(self.keys):
+            if key.name in seen:
+                problems.append(f"keys[{i}].name: duplicate key name {key.name!r}")
+            seen[key.name] = i
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def enabled_models(self) -> dict[str, ModelConfig]:
+        """Models with at least one deployment on an enabled provider."""
+        return {
+            name: model
+            for name, model in self.models.items()
+            if any(self.providers[d.provider].enabled for d in model.deployments)
+        }
+
+    def price_for(self, deployment: Deployment) -> Price | None:
+        return deployment.price or self.prices.get(deployment.model)
+
+
+def substitute_env(node: Any, env: Mapping[str, str], path: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a YAML tree."""
+    if isinstance(node, dict):
+        return {k: substitute_env(v, env, _join(path, k)) for k, v in node.items()}
+    if isinstance(node, list):
+        return [substitute_env(v, env, f"{path}[{i}]") for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = env.get(name)
+        if value is None:
+            if default is None:
+                raise ConfigError(f"{path or '<root>'}: environment variable {name} is not set")
+            return default
+        return value
+
+    whole = _VAR.fullmatch(node)
+    result = _VAR.sub(replace, node)
+    # A value that is exactly one ${VAR} keeps YAML typing (``rpm: ${RPM:-60}`` is an int).
+    if whole and result != "":
+        loaded = yaml.safe_load(result)
+        if isinstance(loaded, int | float | bool) and not isinstance(loaded, str):
+            return loaded
+    return result
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "field required"
+    msg = error["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = format_loc(tuple(error["loc"]))
+        if loc:
+            lines.append(f"{source}: {loc}: {_describe(error)}")
+        else:
+            # Model-level checks already name their paths, joined by "; ".
+            lines.extend(f"{source}: {part}" for part in _describe(error).split("; "))
+    return "\n".join(lines)
+
+
+def _read_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    return data
+
+
+def _packaged(name: str) -> str:
+    return resources.files("gateway").joinpath("configs", name).read_text()
+
+
+def resolve_config_path(cli_path: str | None, env: Mapping[str, str]) -> Path | None:
+    """``--config`` > ``GATEWAY_CONFIG`` > None (the embedded default)."""
+    chosen = cli_path or env.get("GATEWAY_CONFIG")
+    return Path(chosen) if chosen else None
+
+
+def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    if path is None:
+        source, text, base = f"<embedded {DEFAULT_CONFIG}>", _packaged(DEFAULT_CONFIG), None
+    else:
+        source, base = str(path), path.resolve().parent
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from None
+
+    raw = _read_yaml(text, source)
+    try:
+        data = substitute_env(raw, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+    # The packaged price list, overridden per model by a ``prices:`` section.
+    packaged = _read_yaml(_packaged(DEFAULT_PRICES), f"<embedded {DEFAULT_PRICES}>")
+    data["prices"] = {**(packaged.get("models") or {}), **(data.get("prices") or {})}
+    server = data.get("server")
+    if base is not None and isinstance(server, dict) and server.get("data_dir"):
+        server["data_dir"] = str(base / Path(str(server["data_dir"])).expanduser())
+    try:
+        settings = Settings.model_validate(
+            {
+                **data,
+                "source": source,
+                "master_key": env.get("GATEWAY_MASTER_KEY") or None,
+                "redis_url": env.get("REDIS_URL") or None,
+            }
+        )
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    return settings
+
+
+def warn_about(settings: Settings) -> list[str]:
+    """Things that work but deserve an operator's attention, logged at start."""
+    warnings = []
+    for name, provider in settings.providers.items():
+        if not provider.enabled:
+            warnings.append(f"provider {name!r} is disabled: its api_key is empty")
+    for name, model in settings.enabled_models().items():
+        for dep in model.deployments:
+            if settings.providers[dep.provider].type != "mock" and not settings.price_for(dep):
+                warnings.append(
+                    f"model {name!r}: no price for {dep.provider}/{dep.model}; its cost counts as 0"
+                )
+    return warnings

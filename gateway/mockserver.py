@@ -1,0 +1,231 @@
+"""``gateway mock-upstream``: the mock provider as a real OpenAI-compatible HTTP server.
+
+Integration tests and benchmarks use it as an upstream with scripted delays
+and faults (the ``mock`` body field, see ``providers/mock.py``). It counts
+what it sees at ``GET /mock/stats``, disconnects included, so a test can prove
+that the gateway closed an abandoned upstream call; ``POST /mock/reset``
+zeroes the counters. A raw ASGI app, so the mock is never the bottleneck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
+
+from gateway.errors import GatewayError, InvalidRequest, format_loc
+from gateway.providers.mock import (
+    MockScript,
+    build_completion,
+    build_embeddings,
+    generate_chunks,
+    scripted_error,
+)
+from gateway.schemas.openai import ChatCompletionRequest, EmbeddingRequest
+
+Scope = dict[str, Any]
+_JSON = [(b"content-type", b"application/json")]
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
+
+
+class StreamCut(Exception):
+    """Raised to drop the connection mid-stream, as a crashing upstream would."""
+
+
+class _HideStreamCuts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], StreamCut))
+
+
+@dataclass
+class MockStats:
+    requests: int = 0
+    streams_started: int = 0
+    streams_completed: int = 0
+    streams_disconnected: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+
+    def as_json(self) -> bytes:
+        data = asdict(self)
+        data["request_ids"] = list(self.request_ids)
+        return json.dumps(data).encode()
+
+
+class MockServer:
+    def __init__(self) -> None:
+        self.stats = MockStats()
+        logging.getLogger("uvicorn.error").addFilter(_HideStreamCuts())
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        method, path = scope["method"], scope["path"].rstrip("/")
+        if method == "GET" and path in ("/health", "/mock/stats"):
+            body = self.stats.as_json() if path == "/mock/stats" else b'{"status":"ok"}'
+            await _respond(send, 200, body)
+        elif method == "POST" and path == "/mock/reset":
+            self.stats = MockStats()
+            await _respond(send, 200, b"{}")
+        elif method == "GET" and path == "/v1/models":
+            await _respond(
+                send,
+                200,
+                b'{"object":"list","data":[{"id":"mock-chat","object":"model","created":0,"owned_by":"mock"}]}',
+            )
+        elif method == "POST" and path in ("/v1/chat/completions", "/v1/embeddings"):
+            await self._model_call(scope, receive, send, path)
+        else:
+            await _respond(send, 404, _error_body(InvalidRequest(f"no route {method} {path}")))
+
+    async def _model_call(self, scope: Scope, receive: Any, send: Any, path: str) -> None:
+        stats = self.stats
+        stats.requests += 1
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                stats.request_ids.append(value.decode())
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        try:
+            raw = await _read_body(receive)
+            model: type[BaseModel] = (
+                EmbeddingRequest if path.endswith("embeddings") else ChatCompletionRequest
+            )
+            try:
+                request = model.model_validate_json(raw)
+                script = MockScript.from_request(request)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise InvalidRequest(first["msg"], param=format_loc(first["loc"])) from None
+            if script.delay_ms:
+                await asyncio.sleep(script.delay_ms / 1000)
+            if script.status:
+                await _respond(send, script.status, *_scripted_failure(script))
+                return
+            if isinstance(request, EmbeddingRequest):
+                await _respond(send, 200, to_json(build_embeddings(request, request.model)))
+            elif request.stream:
+                await self._stream(request, script, receive, send)
+            else:
+                await self._complete(request, script, send)
+        except GatewayError as exc:
+            await _respond(send, exc.status, _error_body(exc))
+        finally:
+            stats.in_flight -= 1
+
+    async def _complete(
+        self, request: ChatCompletionRequest, script: MockScript, send: Any
+    ) -> None:
+        answer = build_completion(request, script, request.model)
+        pause = script.ttft_ms / 1000 + script.interval * max(0, answer.usage.completion_tokens - 1)
+        if pause:
+            await asyncio.sleep(pause)
+        body = answer.model_dump_json(exclude_unset=True).encode()
+        if script.malformed_after is not None or script.cut_after is not None:
+            body = body[: len(body) // 2]
+        await _respond(send, 200, body)
+
+    async def _stream(
+        self, request: ChatCompletionRequest, script: MockScript, receive: Any, send: Any
+    ) -> None:
+        stats = self.stats
+        stats.streams_started += 1
+        generator = asyncio.current_task()
+        disconnected = False
+
+        async def watch() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            disconnected = True
+            assert generator is not None
+            generator.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+            wants_usage = bool(request.stream_options and request.stream_options.include_usage)
+            i = 0
+            async for chunk in generate_chunks(request, script, request.model):
+                if chunk.usage is not None and not wants_usage:
+                    continue
+                if i == script.cut_after:
+                    raise StreamCut
+                data = (
+                    b"{malformed"
+                    if i == script.malformed_after
+                    else to_json(chunk, exclude_unset=True)
+                )
+                await send(
+                    {
+                        "type": "http.response.body",
+                        "body": b"data: " + data + b"\n\n",
+                        "more_body": True,
+                    }
+                )
+                i += 1
+            await send(
+                {"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False}
+            )
+            stats.streams_completed += 1
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            stats.streams_disconnected += 1
+            # The client is gone; cancelling ourselves was only the way to stop.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        finally:
+            watcher.cancel()
+
+
+def _scripted_failure(script: MockScript) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The error answer an OpenAI-style server gives for the scripted status."""
+    error = scripted_error(script)
+    body = {
+        "message": script.message or f"mock failure {script.status}",
+        "type": error.type,
+        "param": None,
+        "code": error.code,
+    }
+    headers = []
+    if script.retry_after is not None:
+        headers.append((b"retry-after", str(script.retry_after).encode()))
+    return to_json({"error": body}), headers
+
+
+def _error_body(exc: GatewayError) -> bytes:
+    return to_json({"error": exc.to_dict()})
+
+
+async def _read_body(receive: Any) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def _respond(send: Any, status: int, body: bytes, headers: list | None = None) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*_JSON, (b"content-length", str(len(body)).encode()), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_mock_app() -> MockServer:
+    return MockServer()

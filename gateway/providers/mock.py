@@ -1,0 +1,311 @@
+"""The built-in mock provider: offline, deterministic, with faults on request.
+
+The answer's text is derived from the prompt (the same prompt always gets the
+same words), usage is reported, and a request scripts timing and faults with
+a ``mock`` body field (DESIGN §4)::
+
+    "mock": {"status": 500, "ttft_ms": 200, "tokens_per_s": 50, "chunks": 20,
+             "cut_after": 3, "malformed_after": 3, "delay_ms": 0}
+
+The same generator backs ``gateway mock-upstream`` (``gateway/mockserver.py``),
+which serves it over HTTP as an OpenAI-compatible server; in-process, faults
+surface as the errors the openai provider would raise for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import random
+import struct
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.config import ProviderConfig
+from gateway.errors import InvalidRequest, UpstreamUnavailable, upstream_status_error
+from gateway.providers.base import CallContext
+from gateway.schemas.openai import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    Usage,
+)
+
+DEFAULT_TOKENS = 12
+DEFAULT_DIMENSIONS = 16
+_WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "a",
+    "lazy",
+    "dog",
+    "while",
+    "gateways",
+    "relay",
+    "tokens",
+    "from",
+    "many",
+    "models",
+    "to",
+    "every",
+    "client",
+    "that",
+    "asks",
+    "politely",
+    "and",
+    "streams",
+    "arrive",
+    "one",
+    "word",
+    "at",
+    "a",
+    "time",
+    "through",
+    "proxies",
+    "caches",
+    "queues",
+    "and",
+    "careful",
+    "code",
+]
+
+
+class MockScript(BaseModel):
+    """Timing and faults for one mock request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: int | None = Field(default=None, ge=400, le=599)
+    message: str | None = None
+    retry_after: float | None = Field(default=None, ge=0)
+    delay_ms: float = Field(default=0, ge=0)
+    ttft_ms: float = Field(default=0, ge=0)
+    tokens_per_s: float | None = Field(default=None, gt=0)
+    chunks: int | None = Field(default=None, ge=1, le=100_000)
+    cut_after: int | None = Field(default=None, ge=0)
+    malformed_after: int | None = Field(default=None, ge=0)
+
+    @classmethod
+    def from_request(cls, request: BaseModel) -> MockScript:
+        raw = (request.model_extra or {}).get("mock")
+        if raw is None:
+            return _NO_SCRIPT
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in ("mock", *first["loc"]))
+            raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
+
+    @property
+    def interval(self) -> float:
+        return 1.0 / self.tokens_per_s if self.tokens_per_s else 0.0
+
+
+_NO_SCRIPT = MockScript()
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def prompt_text(request: ChatCompletionRequest) -> str:
+    return "\n".join(_text_of(m.content) for m in request.messages)
+
+
+def estimate_tokens(text: str) -> int:
+    """Roughly what a BPE tokenizer counts: about four characters a token."""
+    return max(1, (len(text.encode()) + 3) // 4)
+
+
+def completion_tokens(request: ChatCompletionRequest, script: MockScript) -> list[str]:
+    """The answer, one token a chunk: words picked by a PRNG seeded with the prompt."""
+    count = script.chunks or DEFAULT_TOKENS
+    limit = request.max_completion_tokens or request.max_tokens
+    if limit:
+        count = min(count, limit)
+    seed = hashlib.sha256(prompt_text(request).encode()).digest()
+    rng = random.Random(seed)
+    words = [rng.choice(_WORDS) for _ in range(count)]
+    return [words[0].capitalize(), *(" " + w for w in words[1:])]
+
+
+def usage_for(request: ChatCompletionRequest, tokens: list[str]) -> Usage:
+    prompt = estimate_tokens(prompt_text(request)) + 3 * len(request.messages)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=len(tokens), total_tokens=prompt + len(tokens)
+    )
+
+
+def _finish_reason(request: ChatCompletionRequest, script: MockScript, tokens: list[str]) -> str:
+    limit = request.max_completion_tokens or request.max_tokens
+    return (
+        "length"
+        if limit and len(tokens) == limit and limit < (script.chunks or DEFAULT_TOKENS)
+        else "stop"
+    )
+
+
+def new_id() -> str:
+    return f"chatcmpl-mock{random.getrandbits(64):016x}"
+
+
+def build_completion(
+    request: ChatCompletionRequest, script: MockScript, model: str
+) -> ChatCompletion:
+    tokens = completion_tokens(request, script)
+    return ChatCompletion(
+        id=new_id(),
+        created=int(time.time()),
+        model=model,
+        choices=[
+            Choice(
+                index=0,
+                message=ChatCompletionMessage(role="assistant", content="".join(tokens)),
+                finish_reason=_finish_reason(request, script, tokens),
+            )
+        ],
+        usage=usage_for(request, tokens),
+    )
+
+
+async def generate_chunks(
+    request: ChatCompletionRequest, script: MockScript, model: str
+) -> AsyncIterator[ChatCompletionChunk]:
+    """The stream of an answer, paced by the script; faults are the caller's."""
+    tokens = completion_tokens(request, script)
+    chunk_id, created = new_id(), int(time.time())
+
+    def chunk(delta: ChoiceDelta, finish: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=chunk_id,
+            created=created,
+            model=model,
+            choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)],
+        )
+
+    if script.ttft_ms:
+        await asyncio.sleep(script.ttft_ms / 1000)
+    interval = script.interval
+    for i, token in enumerate(tokens):
+        if i and interval:
+            await asyncio.sleep(interval)
+        yield chunk(
+            ChoiceDelta(role="assistant", content=token) if i == 0 else ChoiceDelta(content=token)
+        )
+    yield chunk(ChoiceDelta(), _finish_reason(request, script, tokens))
+    yield ChatCompletionChunk(
+        id=chunk_id, created=created, model=model, choices=[], usage=usage_for(request, tokens)
+    )
+
+
+def build_embeddings(request: EmbeddingRequest, model: str) -> EmbeddingResponse:
+    inputs = request.input if isinstance(request.input, list) else [request.input]
+    if inputs and isinstance(inputs[0], int):  # one tokenized input
+        inputs = [inputs]
+    dims = request.dimensions or DEFAULT_DIMENSIONS
+    data, tokens = [], 0
+    for i, item in enumerate(inputs):
+        text = item if isinstance(item, str) else " ".join(map(str, item))
+        tokens += estimate_tokens(text) if isinstance(item, str) else len(item)
+        rng = random.Random(hashlib.sha256(text.encode()).digest())
+        vector = [round(rng.uniform(-1, 1), 6) for _ in range(dims)]
+        if request.encoding_format == "base64":
+            packed = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            data.append(Embedding(index=i, embedding=packed))
+        else:
+            data.append(Embedding(index=i, embedding=vector))
+    return EmbeddingResponse(
+        data=data, model=model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+    )
+
+
+def scripted_error(script: MockScript) -> Exception:
+    assert script.status is not None
+    return upstream_status_error(
+        script.status,
+        script.message or f"mock failure {script.status}",
+        retry_after=script.retry_after,
+    )
+
+
+class MockProvider:
+    """The mock in-process: no HTTP, no client, the same answers and faults."""
+
+    needs_http = False
+
+    def __init__(self, name: str, config: ProviderConfig, upstream: object = None) -> None:
+        self.name = name
+
+    async def _before(self, script: MockScript) -> None:
+        if script.delay_ms:
+            await asyncio.sleep(script.delay_ms / 1000)
+        if script.status:
+            raise scripted_error(script)
+
+    async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> ChatCompletion:
+        script = MockScript.from_request(request)
+        await self._before(script)
+        answer = build_completion(request, script, ctx.deployment.model)
+        if script.cut_after is not None or script.malformed_after is not None:
+            raise UpstreamUnavailable("the upstream sent a malformed answer (mock fault)")
+        pause = script.ttft_ms / 1000 + script.interval * max(0, answer.usage.completion_tokens - 1)
+        if pause:
+            await asyncio.sleep(pause)
+        return answer
+
+    async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
+        await self._before(MockScript.from_request(request))
+        return build_embeddings(request, ctx.deployment.model)
+
+    @asynccontextmanager
+    async def stream(
+        self, request: ChatCompletionRequest, ctx: CallContext
+    ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
+        script = MockScript.from_request(request)
+        await self._before(script)
+        chunks = _faulty(generate_chunks(request, script, ctx.deployment.model), script)
+        try:
+            yield chunks
+        finally:
+            await chunks.aclose()
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _faulty(
+    chunks: AsyncIterator[ChatCompletionChunk], script: MockScript
+) -> AsyncIterator[ChatCompletionChunk]:
+    cut = min(x for x in (script.cut_after, script.malformed_after, 1 << 30) if x is not None)
+    try:
+        i = 0
+        async for chunk in chunks:
+            if i == cut:
+                kind = "ended early" if cut == script.cut_after else "sent a malformed chunk"
+                raise UpstreamUnavailable(f"the upstream stream {kind} (mock fault)")
+            i += 1
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]

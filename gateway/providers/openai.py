@@ -1,0 +1,200 @@
+"""OpenAI's API, and every server that speaks it (vLLM, Ollama, LM Studio, ...).
+
+Requests are forwarded as the client sent them, unknown fields included; only
+``model`` becomes the deployment's upstream name, and a stream always asks for
+usage (``stream_options.include_usage``) so the gateway can count it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
+
+from gateway.config import ProviderConfig
+from gateway.errors import UpstreamError, UpstreamUnavailable
+from gateway.providers.base import (
+    CallContext,
+    error_from_response,
+    malformed,
+    raise_transport_error,
+)
+from gateway.providers.sse import SSEStream
+from gateway.schemas.openai import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    EmbeddingResponse,
+)
+from gateway.transport import Upstream
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Enough of an error body to show its message; the rest is not read.
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class OpenAIProvider:
+    needs_http = True
+
+    def __init__(self, name: str, config: ProviderConfig, upstream: Upstream) -> None:
+        self.name = name
+        self._upstream = upstream
+        base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self._chat_url = httpx.URL(f"{base}/chat/completions")
+        self._embed_url = httpx.URL(f"{base}/embeddings")
+        self._secret = config.api_key.get_secret_value() if config.api_key else None
+        headers = {
+            "content-type": "application/json",
+            "accept-encoding": "identity",
+            **{k.lower(): v for k, v in config.headers.items()},
+        }
+        if self._secret:
+            headers["authorization"] = f"Bearer {self._secret}"
+        self._headers = list(headers.items())
+
+    def _request(self, url: httpx.URL, body: bytes, ctx: CallContext) -> httpx.Request:
+        timeouts = ctx.timeouts
+        return httpx.Request(
+            "POST",
+            url,
+            headers=[*self._headers, ("x-request-id", ctx.request_id), *ctx.extra_headers.items()],
+            content=body,
+            extensions={
+                "timeout": {
+                    "connect": timeouts.connect,
+                    "read": max(timeouts.first_token, timeouts.idle),
+                    "write": timeouts.idle,
+                    "pool": timeouts.connect,
+                }
+            },
+        )
+
+    def _body(self, request: BaseModel, ctx: CallContext, *, stream: bool | None = None) -> bytes:
+        payload = request.model_dump(mode="json", exclude_unset=True)
+        payload["model"] = ctx.deployment.model
+        if stream is not None:
+            payload["stream"] = stream
+        if stream:
+            options = payload.get("stream_options") or {}
+            payload["stream_options"] = {**options, "include_usage": True}
+        return to_json(payload)
+
+    async def _call(self, url: httpx.URL, body: bytes, ctx: CallContext) -> bytes:
+        """A non-streaming call: the answer's body, or the error it maps to."""
+        try:
+            async with asyncio.timeout(ctx.timeouts.total):
+                response = await self._upstream.send(self._request(url, body, ctx))
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
+        except Exception as exc:
+            raise_transport_error(exc)
+        if response.status_code >= 400:
+            raise error_from_response(response.status_code, content, response.headers, self._secret)
+        return content
+
+    async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> ChatCompletion:
+        content = await self._call(self._chat_url, self._body(request, ctx, stream=False), ctx)
+        try:
+            return ChatCompletion.model_validate_json(content)
+        except ValidationError as exc:
+            raise malformed(exc) from None
+
+    async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
+        content = await self._call(self._embed_url, self._body(request, ctx), ctx)
+        try:
+            return EmbeddingResponse.model_validate_json(content)
+        except ValidationError as exc:
+            raise malformed(exc) from None
+
+    @asynccontextmanager
+    async def stream(
+        self, request: ChatCompletionRequest, ctx: CallContext
+    ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
+        deadline = ctx.deadline()
+        http_request = self._request(self._chat_url, self._body(request, ctx, stream=True), ctx)
+        try:
+            async with asyncio.timeout(ctx.timeouts.first_token):
+                response = await self._upstream.send(http_request)
+        except Exception as exc:
+            raise_transport_error(exc)
+        try:
+            if response.status_code >= 400:
+                raise error_from_response(
+                    response.status_code, await _read_some(response), response.headers, self._secret
+                )
+            events = SSEStream(
+                response.aiter_raw(),
+                first_token=ctx.timeouts.first_token,
+                idle=ctx.timeouts.idle,
+                deadline=deadline,
+            )
+            yield _Chunks(events, self._secret)
+        finally:
+            await response.aclose()
+
+
+async def _read_some(response: httpx.Response) -> bytes:
+    body = b""
+    try:
+        async for data in response.aiter_raw():
+            body += data
+            if len(body) >= _ERROR_BODY_LIMIT:
+                break
+    except httpx.HTTPError:
+        pass
+    return body
+
+
+class _Chunks:
+    """OpenAI stream events -> ``ChatCompletionChunk``s, ending at ``[DONE]``."""
+
+    __slots__ = ("_done", "_events", "_finished", "_secret")
+
+    def __init__(self, events: SSEStream, secret: str | None) -> None:
+        self._events = events
+        self._secret = secret
+        self._done = False
+        self._finished = False  # a choice has reported its finish_reason
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            event = await anext(self._events)
+        except StopAsyncIteration:
+            self._done = True
+            if self._finished:  # some servers end without [DONE]
+                raise
+            raise UpstreamUnavailable("the upstream stream ended before it was complete") from None
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            raise_transport_error(exc)
+        data = event.data
+        if data == b"[DONE]":
+            self._done = True
+            raise StopAsyncIteration
+        try:
+            chunk = ChatCompletionChunk.model_validate_json(data)
+        except ValidationError as exc:
+            raise self._error_event(data) or malformed(exc) from None
+        if not self._finished:
+            self._finished = any(c.finish_reason for c in chunk.choices)
+        return chunk
+
+    def _error_event(self, data: bytes) -> UpstreamError | None:
+        """An upstream that fails mid-stream sends ``{"error": {...}}`` as data."""
+        if b'"error"' not in data:
+            return None
+        # 500: the error came after a 200 status line, so its real status is unknown.
+        return error_from_response(500, data, httpx.Headers(), self._secret)
