@@ -113,7 +113,13 @@ class MockServer:
                 await _respond(send, script.status, *_scripted_failure(script))
                 return
             if isinstance(request, EmbeddingRequest):
-                await _respond(send, 200, to_json(build_embeddings(request, request.model)))
+                await _respond(
+                    send,
+                    200,
+                    build_embeddings(request, request.model)
+                    .model_dump_json(exclude_unset=True)
+                    .encode(),
+                )
             elif request.stream:
                 await self._stream(request, script, receive, send)
             else:
@@ -164,7 +170,7 @@ class MockServer:
                 data = (
                     b"{malformed"
                     if i == script.malformed_after
-                    else to_json(chunk, exclude_unset=True)
+                    else chunk.model_dump_json(exclude_unset=True).encode()
                 )
                 await send(
                     {

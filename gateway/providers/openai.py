@@ -57,6 +57,9 @@ class OpenAIProvider:
             headers["authorization"] = f"Bearer {self._secret}"
         self._headers = list(headers.items())
 
+    async def aclose(self) -> None:
+        return None  # the Upstream is the app's to close
+
     def _request(self, url: httpx.URL, body: bytes, ctx: CallContext) -> httpx.Request:
         timeouts = ctx.timeouts
         return httpx.Request(
