@@ -53,11 +53,12 @@ class SSEResponse(EventSourceResponse):
         on_close: Callable[[], Awaitable[None]],
         headers: dict[str, str] | None = None,
         drain_seconds: float = 0.0,
+        keepalive: float = KEEPALIVE_SECONDS,
     ) -> None:
         super().__init__(
             content,
             headers=headers,
-            ping=KEEPALIVE_SECONDS,
+            ping=keepalive,
             sep="\n",
             ping_message_factory=_ping,
             shutdown_grace_period=drain_seconds,
@@ -82,6 +83,7 @@ async def open_stream(
     headers: dict[str, str],
     drain_seconds: float = 0.0,
     commit_after: float = COMMIT_AFTER_SECONDS,
+    keepalive: float = KEEPALIVE_SECONDS,
 ) -> SSEResponse:
     """Peek at the first chunk, then answer with a stream of the rest.
 
@@ -113,6 +115,7 @@ async def open_stream(
         on_close=close,
         headers=headers,
         drain_seconds=drain_seconds,
+        keepalive=keepalive,
     )
 
 

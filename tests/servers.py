@@ -30,11 +30,24 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix="gateway-test-", suffix=".log")[1])
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "OPENAI_", "REDIS_URL"))}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("GATEWAY_", "OPENAI_", "REDIS_URL"))
+        }
         full_env.update(env or {})
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway", *args, "--host", "127.0.0.1", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                *args,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
             cwd=ROOT,
             env=full_env,
             stdout=self._log,
@@ -82,7 +95,9 @@ def write_config(directory: Path, config: dict[str, Any]) -> Path:
     return path
 
 
-def start_gateway(config_path: Path, env: dict[str, str] | None = None, args: list[str] = ()) -> ServerProcess:
+def start_gateway(
+    config_path: Path, env: dict[str, str] | None = None, args: list[str] = ()
+) -> ServerProcess:
     return ServerProcess(["serve", "--config", str(config_path), *args], env=env).wait_ready()
 
 
@@ -93,7 +108,11 @@ def standard_config(upstream_url: str, **server: Any) -> dict[str, Any]:
     """Models on the real mock upstream over HTTP (``up-*``) and the in-process mock."""
     return {
         "providers": {
-            "upstream": {"type": "openai", "base_url": f"{upstream_url}/v1", "api_key": "sk-upstream-secret"},
+            "upstream": {
+                "type": "openai",
+                "base_url": f"{upstream_url}/v1",
+                "api_key": "sk-upstream-secret",
+            },
             "local": {"type": "mock"},
         },
         "models": {
@@ -101,7 +120,11 @@ def standard_config(upstream_url: str, **server: Any) -> dict[str, Any]:
             "up-embed": {"deployments": [{"provider": "upstream", "model": "mock-embedding"}]},
             "up-fast-timeout": {
                 "deployments": [
-                    {"provider": "upstream", "model": "mock-chat", "timeout": {"first_token": 0.5, "total": 2}}
+                    {
+                        "provider": "upstream",
+                        "model": "mock-chat",
+                        "timeout": {"first_token": 0.5, "total": 2},
+                    }
                 ]
             },
             "local-chat": {"deployments": [{"provider": "local", "model": "mock-chat"}]},

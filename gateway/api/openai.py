@@ -102,6 +102,7 @@ async def _stream_chat(
         access.outcome = state.outcome
         _record_usage(access, usage[-1] if usage else None)
 
+    server = resources.settings.server
     stack = AsyncExitStack()
     try:
         chunks = await stack.enter_async_context(target.provider.stream(body, ctx))
@@ -112,7 +113,9 @@ async def _stream_chat(
             done_frame=_DONE,
             on_close=on_close,
             headers=headers,
-            drain_seconds=resources.settings.server.drain_seconds,
+            drain_seconds=server.drain_seconds,
+            commit_after=server.stream_commit_seconds,
+            keepalive=server.keepalive_seconds,
         )
     except BaseException:
         await stack.aclose()

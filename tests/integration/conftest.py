@@ -4,7 +4,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import ServerProcess, standard_config, start_gateway, start_mock_upstream, write_config
+from tests.servers import (
+    ServerProcess,
+    standard_config,
+    start_gateway,
+    start_mock_upstream,
+    write_config,
+)
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +21,9 @@ def upstream() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture(scope="session")
-def gateway(upstream: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def gateway(
+    upstream: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     config = write_config(tmp_path_factory.mktemp("gw"), standard_config(upstream.url))
     server = start_gateway(config)
     yield server
