@@ -142,6 +142,8 @@ class ServerConfig(_Strict):
     fail_mode: Literal["open", "closed"] = "open"
     data_dir: Path | None = None
     metrics: bool = True
+    # Key prefix in Redis, for gateways that share one Redis.
+    redis_prefix: str = Field(default="gw:", min_length=1)
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     default_max_output_tokens: PositiveInt = 4096
     # How long in-flight requests and streams may finish after SIGTERM.
@@ -292,6 +294,8 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     # The packaged price list, overridden per model by a ``prices:`` section.
     packaged = _read_yaml(_packaged(DEFAULT_PRICES), f"<embedded {DEFAULT_PRICES}>")
     data["prices"] = {**(packaged.get("models") or {}), **(data.get("prices") or {})}
+    if "keys" in data:
+        data["keys"] = _without_empty_keys(data["keys"])
     server = data.get("server")
     if base is not None and isinstance(server, dict) and server.get("data_dir"):
         server["data_dir"] = str(base / Path(str(server["data_dir"])).expanduser())
@@ -307,6 +311,19 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from None
     return settings
+
+
+def _without_empty_keys(keys: Any) -> Any:
+    """A key whose value came out empty (``${DEMO_KEY:-}``) is switched off, not an error."""
+    if not isinstance(keys, list):
+        return keys
+    kept = []
+    for entry in keys:
+        if isinstance(entry, dict) and entry.get("key") == "":
+            log.warning("key %r is disabled: its key is empty", entry.get("name"))
+            continue
+        kept.append(entry)
+    return kept
 
 
 def warn_about(settings: Settings) -> list[str]:

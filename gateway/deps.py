@@ -1,22 +1,29 @@
 """FastAPI dependencies: the only door from a route to the app's resources.
 
 Each is declared once as an ``Annotated`` alias; tests replace any of them
-with ``app.dependency_overrides``.
+with ``app.dependency_overrides``. A model route declares exactly one
+admission dependency (``ChatCall``, ``EmbeddingCall``), which runs the checks
+of DESIGN §1 in order: key, body, model, then ONE store call that admits.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Generic, TypeVar
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from gateway.api.handlers import validation_error
 from gateway.errors import InvalidAPIKey, InvalidRequest
+from gateway.limits import estimate
+from gateway.limits.base import Grant, UsageEvent, today
+from gateway.limits.gatekeeper import Gatekeeper
 from gateway.limits.keys import KeyRecord
+from gateway.limits.usage import price_cost
 from gateway.observability.logging import AccessRecord
 from gateway.resources import Resources
-from gateway.routing.router import Router
+from gateway.routing.router import ModelRoute, Target
 from gateway.schemas.openai import ChatCompletionRequest, EmbeddingRequest
 
 M = TypeVar("M", bound=BaseModel)
@@ -26,12 +33,17 @@ async def get_resources(request: Request) -> Resources:
     return request.state.resources
 
 
-async def get_router(request: Request) -> Router:
-    return request.state.resources.router
+async def get_gatekeeper(request: Request) -> Gatekeeper:
+    return request.state.resources.gatekeeper
 
 
 async def get_access(request: Request) -> AccessRecord:
     return request.scope["gateway.access"]
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+GatekeeperDep = Annotated[Gatekeeper, Depends(get_gatekeeper)]
+AccessDep = Annotated[AccessRecord, Depends(get_access)]
 
 
 def presented_key(request: Request) -> str:
@@ -48,11 +60,13 @@ def presented_key(request: Request) -> str:
     raise InvalidAPIKey("You didn't provide an API key. Send it as 'Authorization: Bearer sk-...'.")
 
 
-async def authenticate(request: Request) -> KeyRecord:
-    record = await request.state.resources.keys.authenticate(presented_key(request))
-    access: AccessRecord = request.scope["gateway.access"]
+async def authenticate(request: Request, gatekeeper: GatekeeperDep, access: AccessDep) -> KeyRecord:
+    record = await gatekeeper.authenticate(presented_key(request))
     access.key = record.name
     return record
+
+
+KeyDep = Annotated[KeyRecord, Depends(authenticate)]
 
 
 async def _parse(request: Request, model: type[M]) -> M:
@@ -63,27 +77,89 @@ async def _parse(request: Request, model: type[M]) -> M:
         return model.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors()
-        if errors and errors[0]["type"] in ("json_invalid", "json_type"):
-            raise InvalidRequest(
-                "The request body is not valid JSON: "
-                + errors[0]["msg"].removeprefix("Invalid JSON: ")
-            ) from None
-        if errors and errors[0]["type"] == "model_type":
+        kind = errors[0]["type"] if errors else ""
+        if kind in ("json_invalid", "json_type"):
+            detail = errors[0]["msg"].removeprefix("Invalid JSON: ")
+            raise InvalidRequest(f"The request body is not valid JSON: {detail}") from None
+        if kind == "model_type":
             raise InvalidRequest("The request body must be a JSON object.") from None
         raise validation_error(list(errors)) from None
 
 
-async def chat_body(request: Request) -> ChatCompletionRequest:
-    return await _parse(request, ChatCompletionRequest)
+@dataclass(slots=True)
+class Call(Generic[M]):
+    """An admitted model call: settle ``grant`` in the response's ``finally``."""
+
+    key: KeyRecord
+    body: M
+    route: ModelRoute
+    grant: Grant
+    prompt_tokens: int  # the estimate the reservation was made with
 
 
-async def embedding_body(request: Request) -> EmbeddingRequest:
-    return await _parse(request, EmbeddingRequest)
+async def _admit(
+    resources: Resources,
+    access: AccessRecord,
+    key: KeyRecord,
+    body: M,
+    prompt: int,
+    max_output: int | None,
+) -> Call[M]:
+    """Resolve the model (404), check the key may use it (403), then admit (429/503)."""
+    model: str = body.model  # type: ignore[attr-defined]
+    route = resources.router.route(model)
+    key.check_model(model)
+    access.model = model
+    if max_output is None:
+        max_output = (
+            route.config.max_output_tokens or resources.settings.server.default_max_output_tokens
+        )
+    # The budget reservation is an upper bound: the dearest deployment of the model.
+    cost = max(
+        (
+            price_cost(t.price.input, t.price.output, prompt, max_output)
+            for t in route.targets
+            if t.price
+        ),
+        default=0.0,
+    )
+    grant = await resources.gatekeeper.admit(key, prompt + max_output, cost)
+    return Call(key, body, route, grant, prompt)
 
 
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
-RouterDep = Annotated[Router, Depends(get_router)]
-AccessDep = Annotated[AccessRecord, Depends(get_access)]
-KeyDep = Annotated[KeyRecord, Depends(authenticate)]
-ChatBody = Annotated[ChatCompletionRequest, Depends(chat_body)]
-EmbeddingBody = Annotated[EmbeddingRequest, Depends(embedding_body)]
+async def admit_chat(
+    key: KeyDep, request: Request, resources: ResourcesDep, access: AccessDep
+) -> Call[ChatCompletionRequest]:
+    body = await _parse(request, ChatCompletionRequest)
+    max_output = body.max_completion_tokens or body.max_tokens
+    return await _admit(resources, access, key, body, estimate.prompt_tokens(body), max_output)
+
+
+async def admit_embedding(
+    key: KeyDep, request: Request, resources: ResourcesDep, access: AccessDep
+) -> Call[EmbeddingRequest]:
+    body = await _parse(request, EmbeddingRequest)
+    return await _admit(resources, access, key, body, estimate.embedding_tokens(body), 0)
+
+
+async def settle(
+    resources: Resources,
+    call: Call,
+    target: Target | None,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    error: bool,
+) -> None:
+    """The one store call after a model call: reconcile, release, record usage."""
+    price = target.price if target is not None else None
+    cost = price_cost(price.input, price.output, input_tokens, output_tokens) if price else 0.0
+    usage = UsageEvent(call.body.model, input_tokens, output_tokens, cost, error, today())  # type: ignore[attr-defined]
+    await resources.gatekeeper.settle(call.grant, usage)
+
+
+# What a test checks every model route has.
+LIMITERS = (admit_chat, admit_embedding)
+
+ChatCall = Annotated[Call[ChatCompletionRequest], Depends(admit_chat)]
+EmbeddingCall = Annotated[Call[EmbeddingRequest], Depends(admit_embedding)]

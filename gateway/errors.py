@@ -12,6 +12,7 @@ subclass where it is detected, and rendered exactly once at the edge
     ├── ModelNotAllowed          403 permission_error / model_not_allowed
     ├── ModelNotFound            404 invalid_request_error / model_not_found
     ├── RateLimited              429 rate_limit_error / rate_limit_exceeded
+    │   └── TooManyInFlight      429 rate_limit_error / max_parallel_exceeded
     ├── QuotaExceeded            429 insufficient_quota / insufficient_quota
     ├── StoreUnavailable         503 api_error / store_unavailable
     └── UpstreamError            an upstream answered badly or not at all
@@ -87,6 +88,10 @@ class ModelNotFound(GatewayError):
 
 class RateLimited(GatewayError):
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class TooManyInFlight(RateLimited):
+    code = "max_parallel_exceeded"
 
 
 class QuotaExceeded(GatewayError):

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from gateway.config import Settings
-from gateway.limits.keys import StaticKeys
+from gateway.limits.base import Store
+from gateway.limits.gatekeeper import Gatekeeper
 from gateway.providers.base import Provider
 from gateway.providers.registry import provider_class
 from gateway.routing.router import Router
@@ -18,12 +19,26 @@ from gateway.transport import Upstream, build_upstream
 log = logging.getLogger("gateway")
 
 
+def build_store(settings: Settings) -> Store:
+    if settings.redis_url is not None:
+        from gateway.limits.redis import RedisStore
+
+        return RedisStore(
+            settings.redis_url.get_secret_value(),
+            fail_open=settings.server.fail_mode == "open",
+            prefix=settings.server.redis_prefix,
+        )
+    from gateway.limits.embedded import EmbeddedStore
+
+    return EmbeddedStore(settings.server.data_dir)
+
+
 @dataclass
 class Resources:
     settings: Settings
     providers: dict[str, Provider]
     router: Router
-    keys: StaticKeys
+    gatekeeper: Gatekeeper
     upstreams: list[Upstream] = field(default_factory=list)
     started_at: int = field(default_factory=lambda: int(time.time()))
 
@@ -31,9 +46,13 @@ class Resources:
     async def build(
         cls, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
     ) -> Resources:
-        """Open one HTTP client per enabled provider; ``transport`` replaces theirs (tests)."""
+        """Open the store and one HTTP client per enabled provider.
+
+        ``transport`` replaces every provider's transport (tests).
+        """
         providers: dict[str, Provider] = {}
         upstreams: list[Upstream] = []
+        gatekeeper = Gatekeeper(build_store(settings), settings)
         try:
             for name, config in settings.providers.items():
                 if not config.enabled:
@@ -43,6 +62,7 @@ class Resources:
                 if upstream is not None:
                     upstreams.append(upstream)
                 providers[name] = factory(name, config, upstream)
+            await gatekeeper.start()
         except BaseException:
             for upstream in upstreams:
                 await upstream.aclose()
@@ -51,11 +71,12 @@ class Resources:
             settings=settings,
             providers=providers,
             router=Router(settings, providers),
-            keys=StaticKeys(settings.keys),
+            gatekeeper=gatekeeper,
             upstreams=upstreams,
         )
 
     async def aclose(self) -> None:
+        await self.gatekeeper.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         for upstream in self.upstreams:

@@ -91,6 +91,8 @@ def start_mock_upstream() -> ServerProcess:
 
 def write_config(directory: Path, config: dict[str, Any]) -> Path:
     path = directory / "gateway.yaml"
+    # Never the user's data directory: each gateway of a test keeps its own.
+    config.setdefault("server", {}).setdefault("data_dir", str(directory / "data"))
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

@@ -9,9 +9,8 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from gateway.api.handlers import error_json
-from gateway.deps import AccessDep, ChatBody, EmbeddingBody, KeyDep, ResourcesDep
+from gateway.deps import AccessDep, Call, ChatCall, EmbeddingCall, KeyDep, ResourcesDep, settle
 from gateway.errors import GatewayError
-from gateway.limits.keys import KeyRecord
 from gateway.observability.logging import AccessRecord
 from gateway.providers.base import CallContext
 from gateway.resources import Resources
@@ -24,7 +23,6 @@ from gateway.schemas.openai import (
     ErrorResponse,
     ModelCard,
     ModelList,
-    Usage,
 )
 from gateway.streaming import StreamState, open_stream
 
@@ -43,54 +41,70 @@ def _json(body: bytes, headers: dict[str, str]) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
-def _target(resources: Resources, key: KeyRecord, model: str, access: AccessRecord) -> Target:
-    route = resources.router.route(model)
-    key.check_model(model)
-    target = resources.router.pick(route)
-    access.model, access.served_by = model, target.served_by
-    return target
-
-
-def _record_usage(access: AccessRecord, usage: Usage | None) -> None:
-    if usage is not None:
-        access.input_tokens, access.output_tokens = usage.prompt_tokens, usage.completion_tokens
+def _pick(
+    resources: Resources, call: Call, access: AccessRecord
+) -> tuple[Target, CallContext, dict[str, str]]:
+    target = resources.router.pick(call.route)
+    access.served_by = target.served_by
+    ctx = CallContext(request_id=access.request_id, deployment=target.deployment)
+    return target, ctx, {**call.grant.headers, "x-gateway-served-by": target.served_by}
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
-async def chat_completions(
-    key: KeyDep, body: ChatBody, resources: ResourcesDep, access: AccessDep
-) -> Response:
-    target = _target(resources, key, body.model, access)
-    ctx = CallContext(request_id=access.request_id, deployment=target.deployment)
-    headers = {"x-gateway-served-by": target.served_by}
-    if body.stream:
-        return await _stream_chat(body, target, ctx, resources, access, headers)
-    started = time.perf_counter()
-    answer = await target.provider.chat(body, ctx)
-    access.ttft_ms = (time.perf_counter() - started) * 1000
-    answer.model = body.model
-    _record_usage(access, answer.usage)
-    return _json(_to_completion_json(answer, exclude_unset=True), headers)
+async def chat_completions(call: ChatCall, resources: ResourcesDep, access: AccessDep) -> Response:
+    body = call.body
+    target: Target | None = None
+    tokens_in = tokens_out = 0
+    error, streaming = True, False
+    try:
+        target, ctx, headers = _pick(resources, call, access)
+        if body.stream:
+            response = await _stream_chat(call, target, ctx, resources, access, headers)
+            streaming = True  # from here the stream settles itself when it ends
+            return response
+        started = time.perf_counter()
+        answer = await target.provider.chat(body, ctx)
+        access.ttft_ms = (time.perf_counter() - started) * 1000
+        answer.model = body.model
+        if answer.usage is not None:
+            tokens_in, tokens_out = answer.usage.prompt_tokens, answer.usage.completion_tokens
+        error = False
+        return _json(_to_completion_json(answer, exclude_unset=True), headers)
+    except GatewayError as exc:
+        exc.headers.update(call.grant.headers)
+        raise
+    finally:
+        if not streaming:
+            access.input_tokens, access.output_tokens = tokens_in, tokens_out
+            await settle(
+                resources,
+                call,
+                target,
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+                error=error,
+            )
 
 
 async def _stream_chat(
-    body: ChatCompletionRequest,
+    call: Call[ChatCompletionRequest],
     target: Target,
     ctx: CallContext,
     resources: Resources,
     access: AccessRecord,
     headers: dict[str, str],
 ) -> Response:
+    body = call.body
     model = body.model
     wants_usage = bool(body.stream_options and body.stream_options.include_usage)
     started = time.perf_counter()
-    usage: list[Usage] = []
+    reported: list[tuple[int, int]] = []
 
     def encode(chunk: ChatCompletionChunk) -> bytes | None:
         if access.ttft_ms is None:
             access.ttft_ms = (time.perf_counter() - started) * 1000
         if chunk.usage is not None:
-            usage.append(chunk.usage)
+            reported.append((chunk.usage.prompt_tokens, chunk.usage.completion_tokens))
             if not wants_usage and not chunk.choices:
                 return None  # the usage-only chunk the gateway asked for itself
         chunk.model = model
@@ -100,7 +114,20 @@ async def _stream_chat(
     async def on_close(state: StreamState) -> None:
         await stack.aclose()
         access.outcome = state.outcome
-        _record_usage(access, usage[-1] if usage else None)
+        if reported:
+            tokens_in, tokens_out = reported[-1]
+        else:  # abandoned or failed midway: what the client was sent, one token a chunk
+            tokens_in = call.prompt_tokens if state.chunks else 0
+            tokens_out = state.chunks
+        access.input_tokens, access.output_tokens = tokens_in, tokens_out
+        await settle(
+            resources,
+            call,
+            target,
+            input_tokens=tokens_in,
+            output_tokens=tokens_out,
+            error=state.outcome == "error",
+        )
 
     server = resources.settings.server
     stack = AsyncExitStack()
@@ -127,18 +154,23 @@ def _error_frame(exc: GatewayError) -> bytes:
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS)
-async def embeddings(
-    key: KeyDep, body: EmbeddingBody, resources: ResourcesDep, access: AccessDep
-) -> Response:
-    target = _target(resources, key, body.model, access)
-    ctx = CallContext(request_id=access.request_id, deployment=target.deployment)
-    answer = await target.provider.embed(body, ctx)
-    answer.model = body.model
-    access.input_tokens = answer.usage.prompt_tokens
-    return _json(
-        _to_embedding_json(answer, exclude_unset=True),
-        {"x-gateway-served-by": target.served_by},
-    )
+async def embeddings(call: EmbeddingCall, resources: ResourcesDep, access: AccessDep) -> Response:
+    target: Target | None = None
+    tokens = 0
+    error = True
+    try:
+        target, ctx, headers = _pick(resources, call, access)
+        answer = await target.provider.embed(call.body, ctx)
+        answer.model = call.body.model
+        tokens = answer.usage.prompt_tokens
+        error = False
+        return _json(_to_embedding_json(answer, exclude_unset=True), headers)
+    except GatewayError as exc:
+        exc.headers.update(call.grant.headers)
+        raise
+    finally:
+        access.input_tokens = tokens
+        await settle(resources, call, target, input_tokens=tokens, output_tokens=0, error=error)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)

@@ -1,14 +1,18 @@
-"""Gateway keys: what a key is, and how a presented secret becomes one.
+"""Gateway keys: the record, the secret, and how one becomes the other.
 
-Only a hash of a key is ever kept; the lookup is by hash, so the plaintext is
-never compared byte by byte against stored secrets.
+Only a SHA-256 of a key is ever stored; a presented key is looked up by its
+hash (a dict or Redis lookup, not a byte-by-byte comparison with stored
+secrets), and the plaintext exists once: in the answer that created it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import secrets
 from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from gateway.config import KeyConfig, Limits
 from gateway.errors import InvalidAPIKey, ModelNotAllowed
@@ -22,20 +26,39 @@ def key_hint(secret: str) -> str:
     return f"sk-...{secret[-4:]}"
 
 
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
+def new_secret() -> str:
+    return "sk-gw-" + secrets.token_urlsafe(32)
+
+
+def new_key_id() -> str:
+    return "key_" + secrets.token_hex(8)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class KeyRecord(BaseModel):
+    """A key as the gateway knows it; never holds the secret or its hash."""
+
+    model_config = ConfigDict(frozen=True)
+
     id: str
     name: str
-    models: tuple[str, ...]
-    limits: Limits
-    source: str
+    key_hint: str
+    models: tuple[str, ...] = ("*",)
+    limits: Limits = Limits()
     expires_at: datetime | None = None
+    created_at: datetime
+    last_used_at: datetime | None = None
     revoked_at: datetime | None = None
+    source: Literal["api", "config"] = "api"
+    metadata: dict[str, Any] = {}
 
     def check_usable(self, now: datetime | None = None) -> None:
         if self.revoked_at is not None:
             raise InvalidAPIKey("This API key has been revoked.")
-        if self.expires_at is not None and (now or datetime.now(UTC)) >= self.expires_at:
+        if self.expires_at is not None and (now or utcnow()) >= self.expires_at:
             raise InvalidAPIKey("This API key has expired.")
 
     def allows(self, model: str) -> bool:
@@ -51,32 +74,49 @@ class KeyRecord:
             raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
 
 
-def record_from_config(key: KeyConfig) -> tuple[str, KeyRecord]:
-    """A static key from the config file: (its hash, its record)."""
-    digest = hash_key(key.key.get_secret_value())
-    expires = key.expires_at
-    if expires is not None and expires.tzinfo is None:
-        expires = expires.replace(tzinfo=UTC)
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def record_from_config(key: KeyConfig, started: datetime) -> tuple[str, KeyRecord]:
+    """A static key from the config file: (its hash, its record). Its id is stable."""
+    secret = key.key.get_secret_value()
+    digest = hash_key(secret)
     record = KeyRecord(
-        id=f"key-cfg-{digest[:12]}",
+        id=f"key_cfg_{digest[:12]}",
         name=key.name,
+        key_hint=key_hint(secret),
         models=tuple(key.models),
         limits=key.limits,
+        expires_at=_aware(key.expires_at),
+        created_at=started,
         source="config",
-        expires_at=expires,
+        metadata=key.metadata,
     )
     return digest, record
 
 
-class StaticKeys:
-    """The keys of the config file; the key store of the limits issue replaces it."""
-
-    def __init__(self, keys: list[KeyConfig]) -> None:
-        self._by_hash = dict(record_from_config(k) for k in keys)
-
-    async def authenticate(self, secret: str) -> KeyRecord:
-        record = self._by_hash.get(hash_key(secret))
-        if record is None:
-            raise InvalidAPIKey("Incorrect API key provided.")
-        record.check_usable()
-        return record
+def new_record(
+    *,
+    name: str,
+    models: list[str],
+    limits: Limits,
+    expires_at: datetime | None,
+    metadata: dict[str, Any],
+) -> tuple[str, str, KeyRecord]:
+    """A new API key: (plaintext, hash, record)."""
+    secret = new_secret()
+    record = KeyRecord(
+        id=new_key_id(),
+        name=name,
+        key_hint=key_hint(secret),
+        models=tuple(models),
+        limits=limits,
+        expires_at=_aware(expires_at),
+        created_at=utcnow(),
+    )
+    if metadata:
+        record = record.model_copy(update={"metadata": metadata})
+    return secret, hash_key(secret), record

@@ -1,0 +1,174 @@
+"""The store interface behind the limits, and the values that cross it.
+
+A store keeps keys and usage, and checks limits with ONE atomic call each way:
+``admit`` checks and takes rpm, the tpm reservation, a max_parallel lease and
+the budget reservation together; ``settle`` reconciles tokens and cost,
+releases the lease and records usage. Two backends implement it with the same
+semantics: ``embedded`` (one process) and ``redis`` (any number).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from gateway.config import Limits
+from gateway.errors import QuotaExceeded, RateLimited, TooManyInFlight
+from gateway.limits.keys import KeyRecord
+from gateway.schemas.admin import UsageDoc
+
+WINDOW_MS = 60_000
+LEASE_TTL_MS = 30_000
+LEASE_RENEW_SECONDS = 10.0
+
+
+@dataclass(slots=True, frozen=True)
+class Admission:
+    key: KeyRecord
+    request_id: str
+    tokens: int  # the tpm reservation: prompt estimate + output cap
+    cost: float  # the budget reservation, USD
+
+
+@dataclass(slots=True)
+class Grant:
+    """What ``admit`` took, so ``settle`` can give back exactly that."""
+
+    key_id: str
+    request_id: str
+    tokens: int = 0  # reserved against tpm (0: the key has no tpm)
+    bucket: int = -1  # the second the reservation landed in
+    cost: float = 0.0  # reserved against the budget
+    period: str = ""  # the budget period it was reserved in
+    lease: bool = False
+    local: bool = False  # admitted by the per-process fallback while the store was down
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class UsageEvent:
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost: float
+    error: bool
+    day: str  # UTC, YYYY-MM-DD
+
+
+class Store(Protocol):
+    backend: str
+
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def status(self) -> str: ...  # ok | degraded | unavailable
+
+    async def key_by_hash(self, digest: str) -> KeyRecord | None: ...
+    async def get_key(self, key_id: str) -> KeyRecord | None: ...
+    async def list_keys(self, limit: int, after: str | None) -> tuple[list[KeyRecord], bool]: ...
+    async def put_key(self, record: KeyRecord, digest: str | None = None) -> None: ...
+
+    async def admit(self, admission: Admission) -> Grant: ...
+    async def settle(self, grant: Grant, usage: UsageEvent) -> None: ...
+    async def renew(self, grants: list[Grant]) -> None: ...
+
+    async def usage(self, key_id: str) -> UsageDoc: ...
+    async def last_used(self, key_id: str) -> datetime | None: ...
+    async def in_flight(self, key_id: str) -> int: ...
+
+
+def budget_period(limits: Limits, now: datetime | None = None) -> str:
+    """The id of the budget period ``now`` falls in: UTC day, month, or all time."""
+    if limits.budget_usd is None:
+        return ""
+    now = now or datetime.now(UTC)
+    match limits.budget_period or "total":
+        case "day":
+            return now.strftime("d%Y-%m-%d")
+        case "month":
+            return now.strftime("m%Y-%m")
+        case _:
+            return "total"
+
+
+def spend_periods(now: datetime | None = None) -> tuple[str, str, str]:
+    """Every period a settled cost counts in, whatever the key's budget is today."""
+    now = now or datetime.now(UTC)
+    return now.strftime("d%Y-%m-%d"), now.strftime("m%Y-%m"), "total"
+
+
+def today(now: datetime | None = None) -> str:
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%d")
+
+
+def duration(ms: float) -> str:
+    """OpenAI's reset duration form: ``20ms``, ``1s``, ``6m0s``."""
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{math.ceil(ms)}ms"
+    seconds = math.ceil(ms / 1000)
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def rate_headers(
+    limits: Limits,
+    *,
+    requests_used: int,
+    requests_reset_ms: float,
+    tokens_used: int,
+    tokens_reset_ms: float,
+) -> dict[str, str]:
+    headers = {}
+    if limits.rpm:
+        headers["x-ratelimit-limit-requests"] = str(limits.rpm)
+        headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - requests_used))
+        headers["x-ratelimit-reset-requests"] = duration(requests_reset_ms)
+    if limits.tpm:
+        headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - tokens_used))
+        headers["x-ratelimit-reset-tokens"] = duration(tokens_reset_ms)
+    return headers
+
+
+# Why admit refused, as both backends report it.
+REFUSED_RPM, REFUSED_TPM, REFUSED_TOO_LARGE, REFUSED_PARALLEL, REFUSED_BUDGET = 1, 2, 3, 4, 5
+
+
+def refusal(
+    reason: int, limits: Limits, admission: Admission, retry_ms: float, headers: dict[str, str]
+) -> Exception:
+    """The error for a refused admission, with Retry-After and the rate-limit headers."""
+    retry = max(1.0, retry_ms / 1000)
+    if reason == REFUSED_RPM:
+        return RateLimited(
+            f"Rate limit reached: {limits.rpm} requests per minute. Retry after {math.ceil(retry)}s.",
+            retry_after=retry,
+            headers=headers,
+        )
+    if reason == REFUSED_TPM:
+        return RateLimited(
+            f"Rate limit reached: {limits.tpm} tokens per minute "
+            f"(this request reserves {admission.tokens}). Retry after {math.ceil(retry)}s.",
+            retry_after=retry,
+            headers=headers,
+        )
+    if reason == REFUSED_PARALLEL:
+        return TooManyInFlight(
+            f"Too many requests in flight: at most {limits.max_parallel} at once for this key.",
+            retry_after=retry,
+            headers=headers,
+        )
+    if reason == REFUSED_TOO_LARGE:
+        return QuotaExceeded(
+            f"This request reserves {admission.tokens} tokens, more than the key's whole "
+            f"limit of {limits.tpm} tokens per minute; lower max_tokens.",
+            headers=headers,
+        )
+    return QuotaExceeded(
+        f"The key's budget of ${limits.budget_usd} per {limits.budget_period or 'total'} "
+        "is used up.",
+        headers=headers,
+    )

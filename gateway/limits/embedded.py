@@ -1,0 +1,253 @@
+"""The embedded store: one process, keys and usage in SQLite, limits in memory.
+
+SQLite (WAL, one connection on one dedicated thread, so the event loop never
+blocks on disk) keeps keys and usage across restarts with atomic transactions.
+Limits live in a ``LocalLimiter``, which is exact for the one process this
+backend serves. Usage is aggregated in memory per (key, day, model) and
+written in one transaction every ``FLUSH_SECONDS`` and on close; a read of
+usage flushes first, so it always includes every settled request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.limits.base import Admission, Grant, UsageEvent, spend_periods
+from gateway.limits.keys import KeyRecord
+from gateway.limits.local import LocalLimiter
+from gateway.limits.usage import UsageTable, usage_doc
+from gateway.schemas.admin import UsageDoc
+
+log = logging.getLogger("gateway.limits")
+
+FLUSH_SECONDS = 0.25
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    key_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    input_tokens INTEGER NOT NULL DEFAULT 0,
+    output_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (key_id, day, model)
+);
+CREATE TABLE IF NOT EXISTS last_used (key_id TEXT PRIMARY KEY, at TEXT NOT NULL);
+"""
+
+_UPSERT_USAGE = """
+INSERT INTO usage (key_id, day, model, requests, input_tokens, output_tokens, cost_usd, errors)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (key_id, day, model) DO UPDATE SET
+    requests = requests + excluded.requests,
+    input_tokens = input_tokens + excluded.input_tokens,
+    output_tokens = output_tokens + excluded.output_tokens,
+    cost_usd = cost_usd + excluded.cost_usd,
+    errors = errors + excluded.errors
+"""
+
+
+def default_data_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "gateway"
+
+
+class EmbeddedStore:
+    backend = "embedded"
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.path = (data_dir or default_data_dir()) / "gateway.db"
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self._limiter = LocalLimiter()
+        self._by_hash: dict[str, KeyRecord] = {}
+        self._by_id: dict[str, tuple[str, KeyRecord]] = {}
+        self._pending = UsageTable()
+        self._last_used: dict[str, datetime] = {}
+        self._last_used_dirty: set[str] = set()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _run(self, fn: Any, *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _open(self) -> list[tuple[str, str]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+        for key_id, at in db.execute("SELECT key_id, at FROM last_used"):
+            self._last_used[key_id] = datetime.fromisoformat(at)
+        return db.execute("SELECT hash, record FROM keys").fetchall()
+
+    def _spent(self) -> list[tuple[str, str, float]]:
+        day, month, _ = spend_periods()
+        assert self._db is not None
+        rows = self._db.execute(
+            "SELECT key_id, SUM(cost_usd),"
+            " SUM(CASE WHEN substr(day, 1, 7) = ? THEN cost_usd ELSE 0 END),"
+            " SUM(CASE WHEN day = ? THEN cost_usd ELSE 0 END)"
+            " FROM usage GROUP BY key_id",
+            (month[1:], day[1:]),
+        ).fetchall()
+        out = []
+        for key_id, total, this_month, this_day in rows:
+            out += [(key_id, "total", total), (key_id, month, this_month), (key_id, day, this_day)]
+        return out
+
+    async def start(self) -> None:
+        rows = await self._run(self._open)
+        for digest, raw in rows:
+            record = KeyRecord.model_validate_json(raw)
+            self._by_hash[digest] = record
+            self._by_id[record.id] = (digest, record)
+        for key_id, period, amount in await self._run(self._spent):
+            self._limiter.seed_spend(key_id, period, amount or 0.0)
+        self._flusher = asyncio.create_task(self._flush_forever(), name="gateway-usage-flush")
+        log.info("embedded store at %s (%d keys)", self.path, len(self._by_id))
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            try:
+                await self._flusher
+            except asyncio.CancelledError:
+                pass
+        await self.flush()
+        if self._db is not None:
+            await self._run(self._db.close)
+        self._thread.shutdown(wait=True)
+
+    async def status(self) -> str:
+        return "ok"
+
+    # ------------------------------------------------------------ keys
+
+    async def key_by_hash(self, digest: str) -> KeyRecord | None:
+        record = self._by_hash.get(digest)
+        if record is not None and record.id in self._last_used:
+            record = record.model_copy(update={"last_used_at": self._last_used[record.id]})
+        return record
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        found = self._by_id.get(key_id)
+        if found is None:
+            return None
+        record = found[1]
+        last = self._last_used.get(key_id)
+        return record.model_copy(update={"last_used_at": last}) if last else record
+
+    async def list_keys(self, limit: int, after: str | None) -> tuple[list[KeyRecord], bool]:
+        ordered = sorted((r for _, r in self._by_id.values()), key=lambda r: (r.created_at, r.id))
+        if after is not None:
+            ids = [r.id for r in ordered]
+            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+        page = [await self.get_key(r.id) for r in ordered[:limit]]
+        return [r for r in page if r is not None], len(ordered) > limit
+
+    async def put_key(self, record: KeyRecord, digest: str | None = None) -> None:
+        if digest is None:
+            digest = self._by_id[record.id][0]
+        stored = record.model_copy(update={"last_used_at": None})
+        raw = stored.model_dump_json()
+
+        def write() -> None:
+            assert self._db is not None
+            self._db.execute(
+                "INSERT INTO keys (id, hash, created_at, record) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                (record.id, digest, record.created_at.isoformat(), raw),
+            )
+
+        await self._run(write)
+        self._by_hash[digest] = stored
+        self._by_id[record.id] = (digest, stored)
+
+    # ------------------------------------------------------------ limits
+
+    async def admit(self, admission: Admission) -> Grant:
+        return self._limiter.admit(admission)
+
+    async def settle(self, grant: Grant, usage: UsageEvent) -> None:
+        self._limiter.settle(grant, usage)
+        self._pending.add(grant.key_id, usage)
+        self._last_used[grant.key_id] = datetime.now(UTC)
+        self._last_used_dirty.add(grant.key_id)
+
+    async def renew(self, grants: list[Grant]) -> None:
+        self._limiter.renew(grants)
+
+    async def in_flight(self, key_id: str) -> int:
+        return self._limiter.in_flight(key_id)
+
+    async def last_used(self, key_id: str) -> datetime | None:
+        return self._last_used.get(key_id)
+
+    # ------------------------------------------------------------ usage
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing usage to %s failed; will retry", self.path)
+
+    async def flush(self) -> None:
+        if not self._pending and not self._last_used_dirty:
+            return
+        pending, self._pending = self._pending, UsageTable()
+        dirty, self._last_used_dirty = self._last_used_dirty, set()
+        last_used = [(k, self._last_used[k].isoformat()) for k in dirty]
+
+        def write() -> None:
+            assert self._db is not None
+            with self._db:  # one transaction
+                self._db.execute("BEGIN")
+                self._db.executemany(_UPSERT_USAGE, pending.rows())
+                self._db.executemany(
+                    "INSERT INTO last_used (key_id, at) VALUES (?, ?)"
+                    " ON CONFLICT (key_id) DO UPDATE SET at = excluded.at",
+                    last_used,
+                )
+
+        try:
+            await self._run(write)
+        except BaseException:
+            # Nothing lost: what was not written is written next time.
+            pending.merge_into(self._pending)
+            self._last_used_dirty |= dirty
+            raise
+
+    async def usage(self, key_id: str) -> UsageDoc:
+        await self.flush()
+
+        def read() -> list[tuple]:
+            assert self._db is not None
+            return self._db.execute(
+                "SELECT day, model, requests, input_tokens, output_tokens, cost_usd, errors"
+                " FROM usage WHERE key_id = ?",
+                (key_id,),
+            ).fetchall()
+
+        return usage_doc(key_id, await self._run(read))

@@ -1,0 +1,170 @@
+"""The one place a request meets its key's quotas: authenticate, admit, settle.
+
+Backend-agnostic: it holds a ``Store`` and the config's static keys. Keys are
+cached in-process for at most ``KEY_CACHE_SECONDS`` (a PATCH or DELETE on
+another instance is seen within that; on this one at once). Leases of
+requests in flight are renewed every ``LEASE_RENEW_SECONDS`` by one task, not
+a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import datetime
+
+from gateway.config import Limits, Settings
+from gateway.errors import GatewayError, InvalidAPIKey, StoreUnavailable
+from gateway.limits.base import LEASE_RENEW_SECONDS, Admission, Grant, Store, UsageEvent
+from gateway.limits.keys import KeyRecord, hash_key, new_record, record_from_config, utcnow
+
+log = logging.getLogger("gateway.limits")
+
+KEY_CACHE_SECONDS = 1.0
+_CACHE_MAX = 100_000
+
+
+class ConfigKeyReadOnly(GatewayError):
+    status, type, code = 409, "invalid_request_error", "config_key"
+
+
+class KeyNotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "key_not_found"
+
+
+class Gatekeeper:
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.fail_open = settings.server.fail_mode == "open"
+        started = utcnow()
+        self._config = dict(record_from_config(k, started) for k in settings.keys)
+        self._config_by_id = {r.id: r for r in self._config.values()}
+        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        self._in_flight: dict[str, Grant] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.store.start()
+        self._renewer = asyncio.create_task(self._renew_forever(), name="gateway-lease-renewal")
+
+    async def aclose(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+        await self.store.aclose()
+
+    # ------------------------------------------------------------ the request path
+
+    async def authenticate(self, secret: str) -> KeyRecord:
+        digest = hash_key(secret)
+        record = self._config.get(digest)
+        if record is None:
+            record = await self._lookup(digest)
+        if record is None:
+            raise InvalidAPIKey("Incorrect API key provided.")
+        record.check_usable()
+        return record
+
+    async def _lookup(self, digest: str) -> KeyRecord | None:
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
+            return cached[1]
+        try:
+            record = await self.store.key_by_hash(digest)
+        except StoreUnavailable:
+            # fail_mode open: known keys go on with what we last knew of them.
+            if self.fail_open and cached is not None and cached[1] is not None:
+                return cached[1]
+            raise
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[digest] = (now, record)
+        return record
+
+    async def admit(self, key: KeyRecord, tokens: int, cost: float) -> Grant:
+        # A ticket unique to this admission (client request ids may repeat).
+        grant = await self.store.admit(Admission(key, uuid.uuid4().hex, tokens, cost))
+        if grant.lease:
+            self._in_flight[grant.request_id] = grant
+        return grant
+
+    async def settle(self, grant: Grant, usage: UsageEvent) -> None:
+        self._in_flight.pop(grant.request_id, None)
+        try:
+            await self.store.settle(grant, usage)
+        except Exception:
+            log.exception("settling usage for key %s failed", grant.key_id)
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_RENEW_SECONDS)
+            if self._in_flight:
+                try:
+                    await self.store.renew(list(self._in_flight.values()))
+                except Exception:
+                    log.exception("renewing leases failed")
+
+    # ------------------------------------------------------------ admin
+
+    def _forget(self) -> None:
+        self._cache.clear()
+
+    async def get_key(self, key_id: str) -> KeyRecord:
+        record = self._config_by_id.get(key_id)
+        if record is not None:
+            last = await self.store.last_used(key_id)
+            return record.model_copy(update={"last_used_at": last}) if last else record
+        found = await self.store.get_key(key_id)
+        if found is None:
+            raise KeyNotFound(f"No key with id {key_id!r}.", param="id")
+        return found
+
+    async def list_keys(self, limit: int, after: str | None) -> tuple[list[KeyRecord], bool]:
+        """Config keys first (in config order), then API keys by creation."""
+        config_ids = list(self._config_by_id)
+        page: list[KeyRecord] = []
+        if after is None or after in self._config_by_id:
+            start = config_ids.index(after) + 1 if after else 0
+            for key_id in config_ids[start : start + limit]:
+                page.append(await self.get_key(key_id))
+            if len(page) == limit:
+                return page, start + limit < len(config_ids) or bool(
+                    (await self.store.list_keys(1, None))[0]
+                )
+            after = None
+        more, has_more = await self.store.list_keys(limit - len(page), after)
+        return page + more, has_more
+
+    async def create_key(
+        self,
+        *,
+        name: str,
+        models: list[str],
+        limits: Limits,
+        expires_at: datetime | None,
+        metadata: dict,
+    ) -> tuple[str, KeyRecord]:
+        secret, digest, record = new_record(
+            name=name, models=models, limits=limits, expires_at=expires_at, metadata=metadata
+        )
+        await self.store.put_key(record, digest)
+        return secret, record
+
+    async def update_key(self, key_id: str, changes: dict) -> KeyRecord:
+        if key_id in self._config_by_id:
+            raise ConfigKeyReadOnly("Keys from the config file are changed in the config file.")
+        record = await self.get_key(key_id)
+        updated = record.model_copy(update=changes)
+        await self.store.put_key(updated)
+        self._forget()
+        return updated
+
+    async def revoke_key(self, key_id: str) -> None:
+        if key_id in self._config_by_id:
+            raise ConfigKeyReadOnly("Keys from the config file are removed from the config file.")
+        record = await self.get_key(key_id)
+        if record.revoked_at is None:
+            await self.store.put_key(record.model_copy(update={"revoked_at": utcnow()}))
+        self._forget()

@@ -1,0 +1,163 @@
+"""Exact limits in one process's memory.
+
+The embedded store's limiter, and the Redis store's stand-in while Redis is
+unreachable (``fail_mode: open``). ``admit`` never awaits, so on one event loop
+it is atomic without a lock. Same windows as the Lua scripts: rpm is an exact
+sliding minute, tpm a sliding minute of one-second buckets, leases expire
+``LEASE_TTL_MS`` after their last renewal.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+
+from gateway.limits.base import (
+    LEASE_TTL_MS,
+    REFUSED_BUDGET,
+    REFUSED_PARALLEL,
+    REFUSED_RPM,
+    REFUSED_TOO_LARGE,
+    REFUSED_TPM,
+    WINDOW_MS,
+    Admission,
+    Grant,
+    UsageEvent,
+    budget_period,
+    rate_headers,
+    refusal,
+    spend_periods,
+)
+
+
+def wall_ms() -> float:
+    return time.time() * 1000
+
+
+class LocalLimiter:
+    def __init__(self, clock: Callable[[], float] = wall_ms) -> None:
+        self._clock = clock
+        self._requests: dict[str, deque[float]] = {}
+        self._tokens: dict[str, dict[int, int]] = {}
+        self._leases: dict[str, dict[str, float]] = {}
+        self._spend: dict[tuple[str, str], float] = {}
+
+    def seed_spend(self, key_id: str, period: str, amount: float) -> None:
+        self._spend[(key_id, period)] = amount
+
+    def in_flight(self, key_id: str) -> int:
+        leases = self._leases.get(key_id)
+        if not leases:
+            return 0
+        now = self._clock()
+        return sum(1 for expiry in leases.values() if expiry > now)
+
+    def admit(self, admission: Admission) -> Grant:
+        now = self._clock()
+        key = admission.key
+        limits = key.limits
+        kid = key.id
+        used_requests, requests_reset = 0, 0.0
+        used_tokens, tokens_reset = 0, 0.0
+        refused, retry_ms = 0, 0.0
+
+        if limits.rpm:
+            window = self._requests.setdefault(kid, deque())
+            cutoff = now - WINDOW_MS
+            while window and window[0] <= cutoff:
+                window.popleft()
+            used_requests = len(window)
+            if used_requests >= limits.rpm:
+                # The slot frees when the entry rpm places back leaves the window.
+                refused = REFUSED_RPM
+                retry_ms = window[used_requests - limits.rpm] + WINDOW_MS - now
+            requests_reset = (window[0] if window else now) + WINDOW_MS - now
+
+        second = int(now // 1000)
+        if limits.tpm and not refused:
+            buckets = self._tokens.setdefault(kid, {})
+            for old in [s for s in buckets if s <= second - 60]:
+                del buckets[old]
+            used_tokens = sum(buckets.values())
+            if admission.tokens > limits.tpm:
+                refused = REFUSED_TOO_LARGE
+            elif used_tokens + admission.tokens > limits.tpm:
+                refused = REFUSED_TPM
+                freed = 0
+                for s in sorted(buckets):
+                    freed += buckets[s]
+                    if used_tokens - freed + admission.tokens <= limits.tpm:
+                        retry_ms = (s + 60) * 1000 - now
+                        break
+            tokens_reset = ((min(buckets) if buckets else second) + 60) * 1000 - now
+
+        if limits.max_parallel and not refused:
+            leases = self._leases.setdefault(kid, {})
+            for rid in [r for r, expiry in leases.items() if expiry <= now]:
+                del leases[rid]
+            if len(leases) >= limits.max_parallel:
+                refused, retry_ms = REFUSED_PARALLEL, 1000.0
+
+        period = budget_period(limits)
+        if period and not refused:
+            spent = self._spend.get((kid, period), 0.0)
+            if spent >= limits.budget_usd or spent + admission.cost > limits.budget_usd:
+                refused = REFUSED_BUDGET
+
+        if refused:
+            headers = rate_headers(
+                limits,
+                requests_used=used_requests,
+                requests_reset_ms=requests_reset,
+                tokens_used=used_tokens,
+                tokens_reset_ms=tokens_reset,
+            )
+            raise refusal(refused, limits, admission, retry_ms, headers)
+
+        grant = Grant(key_id=kid, request_id=admission.request_id)
+        if limits.rpm:
+            self._requests[kid].append(now)
+            used_requests += 1
+        if limits.tpm:
+            buckets = self._tokens[kid]
+            buckets[second] = buckets.get(second, 0) + admission.tokens
+            grant.tokens, grant.bucket = admission.tokens, second
+            used_tokens += admission.tokens
+        if limits.max_parallel:
+            self._leases[kid][admission.request_id] = now + LEASE_TTL_MS
+            grant.lease = True
+        if period:
+            self._spend[(kid, period)] = self._spend.get((kid, period), 0.0) + admission.cost
+            grant.cost, grant.period = admission.cost, period
+        grant.headers = rate_headers(
+            limits,
+            requests_used=used_requests,
+            requests_reset_ms=requests_reset,
+            tokens_used=used_tokens,
+            tokens_reset_ms=tokens_reset,
+        )
+        return grant
+
+    def settle(self, grant: Grant, usage: UsageEvent) -> None:
+        kid = grant.key_id
+        if grant.lease:
+            self._leases.get(kid, {}).pop(grant.request_id, None)
+        if grant.bucket >= 0:
+            buckets = self._tokens.get(kid)
+            if buckets is not None and grant.bucket in buckets:
+                actual = usage.input_tokens + usage.output_tokens
+                buckets[grant.bucket] = max(0, buckets[grant.bucket] + actual - grant.tokens)
+        spend = self._spend
+        if grant.period:  # the reservation is replaced by what the request cost
+            spend[(kid, grant.period)] = max(0.0, spend.get((kid, grant.period), 0.0) - grant.cost)
+        if usage.cost:
+            for period in spend_periods():
+                spend[(kid, period)] = spend.get((kid, period), 0.0) + usage.cost
+
+    def renew(self, grants: list[Grant]) -> None:
+        expiry = self._clock() + LEASE_TTL_MS
+        for grant in grants:
+            leases = self._leases.get(grant.key_id)
+            if leases and grant.request_id in leases:
+                leases[grant.request_id] = expiry

@@ -1,0 +1,95 @@
+-- admit_v1: check and take every limit of one gateway key, atomically.
+-- KEYS: rpm (zset), tpm (hash second -> tokens), leases (zset), spend (hash period -> usd);
+--       all share the key's hash tag, so the script touches one cluster slot.
+-- ARGV: rpm, tpm, max_parallel, budget_usd (0 = no limit), tokens, cost_usd,
+--       ticket (unique per admission), lease_ttl_ms, budget_period
+-- Returns {refused, retry_ms, requests_used, requests_reset_ms, tokens_used,
+--          tokens_reset_ms, bucket}; refused: 0 admitted, 1 rpm, 2 tpm,
+--          3 larger than the whole tpm, 4 max_parallel, 5 budget.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local second = math.floor(now / 1000)
+local WINDOW = 60000
+local rpm, tpm, maxp = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local budget, tokens, cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local ticket, ttl, period = ARGV[7], tonumber(ARGV[8]), ARGV[9]
+
+local refused, retry = 0, 0
+local used_req, req_reset, used_tok, tok_reset = 0, 0, 0, 0
+
+if rpm > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - WINDOW)
+  used_req = redis.call('ZCARD', KEYS[1])
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  req_reset = (#oldest > 0 and tonumber(oldest[2]) or now) + WINDOW - now
+  if used_req >= rpm then
+    -- A slot frees when the entry rpm places back leaves the window.
+    local e = redis.call('ZRANGE', KEYS[1], used_req - rpm, used_req - rpm, 'WITHSCORES')
+    refused, retry = 1, tonumber(e[2]) + WINDOW - now
+  end
+end
+
+if tpm > 0 and refused == 0 then
+  local flat = redis.call('HGETALL', KEYS[2])
+  local live, stale = {}, {}
+  for i = 1, #flat, 2 do
+    local s, v = tonumber(flat[i]), tonumber(flat[i + 1])
+    if s <= second - 60 then
+      stale[#stale + 1] = flat[i]
+    else
+      live[#live + 1] = {s, v}
+      used_tok = used_tok + v
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', KEYS[2], unpack(stale)) end
+  table.sort(live, function(a, b) return a[1] < b[1] end)
+  tok_reset = ((#live > 0 and live[1][1] or second) + 60) * 1000 - now
+  if tokens > tpm then
+    refused = 3
+  elseif used_tok + tokens > tpm then
+    refused = 2
+    local freed = 0
+    for _, b in ipairs(live) do
+      freed = freed + b[2]
+      if used_tok - freed + tokens <= tpm then
+        retry = (b[1] + 60) * 1000 - now
+        break
+      end
+    end
+  end
+end
+
+if maxp > 0 and refused == 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) >= maxp then refused, retry = 4, 1000 end
+end
+
+if budget > 0 and refused == 0 then
+  local spent = tonumber(redis.call('HGET', KEYS[4], period) or '0')
+  if spent >= budget or spent + cost > budget then refused = 5 end
+end
+
+if refused > 0 then
+  return {refused, retry, used_req, req_reset, used_tok, tok_reset, -1}
+end
+
+local bucket = -1
+if rpm > 0 then
+  redis.call('ZADD', KEYS[1], now, ticket)
+  redis.call('PEXPIRE', KEYS[1], WINDOW + 1000)
+  used_req = used_req + 1
+end
+if tpm > 0 then
+  redis.call('HINCRBY', KEYS[2], second, tokens)
+  redis.call('PEXPIRE', KEYS[2], WINDOW + 2000)
+  bucket = second
+  used_tok = used_tok + tokens
+end
+if maxp > 0 then
+  redis.call('ZADD', KEYS[3], now + ttl, ticket)
+  redis.call('PEXPIRE', KEYS[3], ttl + 1000)
+end
+if budget > 0 then
+  redis.call('HINCRBYFLOAT', KEYS[4], period, ARGV[6])
+end
+return {0, 0, used_req, req_reset, used_tok, tok_reset, bucket}

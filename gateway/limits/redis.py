@@ -1,0 +1,362 @@
+"""The Redis store: keys, limits and usage shared by every worker and instance.
+
+Limits are checked by one Lua script per request (``admit_v1``) and settled by
+one more (``settle_v1``), both on Redis's clock. Every key a script touches
+carries the gateway key's hash tag (``gw:{key_...}:rpm``), so each call lands
+on one slot of a Redis Cluster.
+
+Redis going away is noticed within ``TIMEOUT_SECONDS`` (never a hang). With
+``fail_mode: open`` the gateway goes on: known keys from their last-known
+records, limits per process (a ``LocalLimiter``), usage buffered in memory
+(bounded) and written when Redis answers again; with ``closed`` requests get
+503. Recovery is automatic, also when Redis comes back empty: the scripts are
+reloaded on NOSCRIPT and config keys live in the config, not in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from datetime import UTC, datetime
+from importlib import resources
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.errors import StoreUnavailable
+from gateway.limits.base import (
+    LEASE_TTL_MS,
+    Admission,
+    Grant,
+    UsageEvent,
+    budget_period,
+    rate_headers,
+    refusal,
+    spend_periods,
+)
+from gateway.limits.keys import KeyRecord
+from gateway.limits.local import LocalLimiter
+from gateway.limits.usage import COUNTERS, usage_doc
+from gateway.schemas.admin import UsageDoc
+
+log = logging.getLogger("gateway.limits")
+
+TIMEOUT_SECONDS = 0.25
+RECOVERY_POLL_SECONDS = 0.5
+BUFFER_LIMIT = 100_000
+_DOWN = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def _script(name: str) -> str:
+    return resources.files("gateway.limits").joinpath("lua", name).read_text()
+
+
+class KeySpace:
+    """Redis key names. Everything of one gateway key shares the tag ``{key_id}``."""
+
+    def __init__(self, prefix: str = "gw:") -> None:
+        self.prefix = prefix
+
+    def tagged(self, key_id: str, part: str) -> str:
+        return f"{self.prefix}{{{key_id}}}:{part}"
+
+    def admit_keys(self, key_id: str) -> list[str]:
+        return [self.tagged(key_id, p) for p in ("rpm", "tpm", "lease", "spend")]
+
+    def settle_keys(self, key_id: str) -> list[str]:
+        return [self.tagged(key_id, p) for p in ("tpm", "lease", "spend", "usage", "meta")]
+
+    def by_hash(self, digest: str) -> str:
+        return f"{self.prefix}hash:{digest}"
+
+    @property
+    def index(self) -> str:
+        return f"{self.prefix}keys"
+
+
+class RedisStore:
+    backend = "redis"
+
+    def __init__(self, url: str, *, fail_open: bool = True, prefix: str = "gw:") -> None:
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=TIMEOUT_SECONDS,
+            socket_connect_timeout=TIMEOUT_SECONDS,
+            retry_on_timeout=False,
+            health_check_interval=0,
+            max_connections=256,
+        )
+        self.keys = KeySpace(prefix)
+        self.fail_open = fail_open
+        self._admit = self._client.register_script(_script("admit_v1.lua"))
+        self._settle = self._client.register_script(_script("settle_v1.lua"))
+        self._renew = self._client.register_script(_script("renew_v1.lua"))
+        self._local = LocalLimiter()
+        self._buffer: deque[tuple[str, UsageEvent]] = deque(maxlen=BUFFER_LIMIT)
+        self._down_since: float | None = None
+        self._recovery: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle and health
+
+    async def start(self) -> None:
+        try:
+            await self._client.ping()
+        except _DOWN as exc:
+            self._went_down(exc)
+
+    async def aclose(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+        if self._buffer:
+            try:
+                await self._flush_buffer()
+            except _DOWN:
+                log.error("redis unreachable at shutdown: %d usage records lost", len(self._buffer))
+        await self._client.aclose()
+
+    @property
+    def degraded(self) -> bool:
+        return self._down_since is not None
+
+    async def status(self) -> str:
+        if self.degraded:
+            return "degraded" if self.fail_open else "unavailable"
+        return "ok"
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = asyncio.get_running_loop().time()
+            mode = (
+                "serving known keys on per-process limits"
+                if self.fail_open
+                else "refusing requests"
+            )
+            log.error("redis unreachable (%s): %s until it returns", type(exc).__name__, mode)
+        if self._recovery is None or self._recovery.done():
+            self._recovery = asyncio.create_task(self._recover(), name="gateway-redis-recovery")
+
+    def _unavailable(self) -> StoreUnavailable:
+        return StoreUnavailable("The gateway's store is unavailable; try again shortly.")
+
+    async def _recover(self) -> None:
+        while True:
+            await asyncio.sleep(RECOVERY_POLL_SECONDS)
+            try:
+                await self._client.ping()
+                await self._flush_buffer()
+            except _DOWN:
+                continue
+            down_for = asyncio.get_running_loop().time() - (self._down_since or 0)
+            self._down_since = None
+            log.warning("redis is back after %.1fs; shared limits resumed", down_for)
+            return
+
+    async def _flush_buffer(self) -> None:
+        while self._buffer:
+            batch = [self._buffer.popleft() for _ in range(min(500, len(self._buffer)))]
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key_id, usage in batch:
+                        await self._settle(
+                            keys=self.keys.settle_keys(key_id),
+                            args=_settle_args(Grant(key_id=key_id, request_id=""), usage),
+                            client=pipe,
+                        )
+                    await pipe.execute()
+            except BaseException:
+                self._buffer.extendleft(reversed(batch))
+                raise
+
+    # ------------------------------------------------------------ keys
+
+    async def key_by_hash(self, digest: str) -> KeyRecord | None:
+        try:
+            key_id = await self._client.get(self.keys.by_hash(digest))
+            return await self.get_key(key_id.decode()) if key_id else None
+        except _DOWN as exc:
+            self._went_down(exc)
+            raise self._unavailable() from exc
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        try:
+            raw, last_used = await self._client.hmget(
+                self.keys.tagged(key_id, "meta"), ["record", "last_used_at"]
+            )
+        except _DOWN as exc:
+            self._went_down(exc)
+            raise self._unavailable() from exc
+        if raw is None:
+            return None
+        record = KeyRecord.model_validate_json(raw)
+        if last_used:
+            moment = datetime.fromtimestamp(int(last_used), UTC)
+            record = record.model_copy(update={"last_used_at": moment})
+        return record
+
+    async def last_used(self, key_id: str) -> datetime | None:
+        try:
+            value = await self._client.hget(self.keys.tagged(key_id, "meta"), "last_used_at")
+        except _DOWN:
+            return None
+        return datetime.fromtimestamp(int(value), UTC) if value else None
+
+    async def list_keys(self, limit: int, after: str | None) -> tuple[list[KeyRecord], bool]:
+        try:
+            start = 0
+            if after is not None:
+                rank = await self._client.zrank(self.keys.index, after)
+                if rank is None:
+                    return [], False
+                start = rank + 1
+            ids = await self._client.zrange(self.keys.index, start, start + limit)
+        except _DOWN as exc:
+            self._went_down(exc)
+            raise self._unavailable() from exc
+        records = [await self.get_key(i.decode()) for i in ids[:limit]]
+        return [r for r in records if r is not None], len(ids) > limit
+
+    async def put_key(self, record: KeyRecord, digest: str | None = None) -> None:
+        stored = record.model_copy(update={"last_used_at": None}).model_dump_json()
+        try:
+            # Record first, then the ways to find it: a crash between leaves no dangling id.
+            await self._client.hset(self.keys.tagged(record.id, "meta"), "record", stored)
+            if digest is not None:
+                await self._client.set(self.keys.by_hash(digest), record.id)
+                await self._client.zadd(
+                    self.keys.index, {record.id: record.created_at.timestamp()}, nx=True
+                )
+        except _DOWN as exc:
+            self._went_down(exc)
+            raise self._unavailable() from exc
+
+    # ------------------------------------------------------------ limits
+
+    async def admit(self, admission: Admission) -> Grant:
+        if self.degraded:
+            return self._admit_locally(admission)
+        limits = admission.key.limits
+        period = budget_period(limits)
+        try:
+            answer = await self._admit(
+                keys=self.keys.admit_keys(admission.key.id),
+                args=[
+                    limits.rpm or 0,
+                    limits.tpm or 0,
+                    limits.max_parallel or 0,
+                    repr(float(limits.budget_usd or 0)),
+                    admission.tokens,
+                    repr(float(admission.cost)),
+                    admission.request_id,
+                    LEASE_TTL_MS,
+                    period,
+                ],
+            )
+        except _DOWN as exc:
+            self._went_down(exc)
+            return self._admit_locally(admission)
+        refused, retry_ms, used_req, req_reset, used_tok, tok_reset, bucket = answer
+        headers = rate_headers(
+            limits,
+            requests_used=used_req,
+            requests_reset_ms=req_reset,
+            tokens_used=used_tok,
+            tokens_reset_ms=tok_reset,
+        )
+        if refused:
+            raise refusal(refused, limits, admission, retry_ms, headers)
+        grant = Grant(key_id=admission.key.id, request_id=admission.request_id, headers=headers)
+        if limits.tpm:
+            grant.tokens, grant.bucket = admission.tokens, bucket
+        if limits.max_parallel:
+            grant.lease = True
+        if period:
+            grant.cost, grant.period = admission.cost, period
+        return grant
+
+    def _admit_locally(self, admission: Admission) -> Grant:
+        if not self.fail_open:
+            raise self._unavailable()
+        grant = self._local.admit(admission)
+        grant.local = True
+        return grant
+
+    async def settle(self, grant: Grant, usage: UsageEvent) -> None:
+        if grant.local:
+            self._local.settle(grant, usage)
+            # What it took was local; only its usage is Redis's.
+            grant = Grant(key_id=grant.key_id, request_id=grant.request_id)
+        if self.degraded:
+            self._buffer.append((grant.key_id, usage))
+            return
+        try:
+            await self._settle(
+                keys=self.keys.settle_keys(grant.key_id), args=_settle_args(grant, usage)
+            )
+        except _DOWN as exc:
+            self._went_down(exc)
+            # The lease expires by itself; the usage must not be lost.
+            self._buffer.append((grant.key_id, usage))
+
+    async def renew(self, grants: list[Grant]) -> None:
+        local = [g for g in grants if g.local]
+        if local:
+            self._local.renew(local)
+        by_key: dict[str, list[str]] = {}
+        for grant in grants:
+            if not grant.local and grant.lease:
+                by_key.setdefault(grant.key_id, []).append(grant.request_id)
+        if not by_key or self.degraded:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key_id, tickets in by_key.items():
+                    await self._renew(
+                        keys=[self.keys.tagged(key_id, "lease")],
+                        args=[LEASE_TTL_MS, *tickets],
+                        client=pipe,
+                    )
+                await pipe.execute()
+        except _DOWN as exc:
+            self._went_down(exc)
+
+    async def in_flight(self, key_id: str) -> int:
+        now_ms = (await self._client.time())[0] * 1000
+        return await self._client.zcount(self.keys.tagged(key_id, "lease"), now_ms, "+inf")
+
+    # ------------------------------------------------------------ usage
+
+    async def usage(self, key_id: str) -> UsageDoc:
+        try:
+            flat = await self._client.hgetall(self.keys.tagged(key_id, "usage"))
+        except _DOWN as exc:
+            self._went_down(exc)
+            raise self._unavailable() from exc
+        rows: dict[tuple[str, str], list[float]] = {}
+        for field, value in flat.items():
+            day, rest = field.decode().split("|", 1)
+            model, counter = rest.rsplit("|", 1)
+            row = rows.setdefault((day, model), [0, 0, 0, 0.0, 0])
+            index = COUNTERS.index(counter)
+            row[index] = float(value) if counter == "cost_usd" else int(value)
+        return usage_doc(key_id, [(day, model, *c) for (day, model), c in rows.items()])
+
+
+def _settle_args(grant: Grant, usage: UsageEvent) -> list[object]:
+    day_period, month_period, _ = spend_periods()
+    return [
+        grant.request_id,
+        1 if grant.lease else 0,
+        grant.bucket,
+        usage.input_tokens + usage.output_tokens - grant.tokens if grant.bucket >= 0 else 0,
+        grant.period,
+        repr(float(grant.cost)),
+        repr(float(usage.cost)),
+        usage.day,
+        usage.model,
+        usage.input_tokens,
+        usage.output_tokens,
+        1 if usage.error else 0,
+        day_period,
+        month_period,
+    ]

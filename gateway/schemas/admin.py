@@ -1,0 +1,91 @@
+"""Admin API wire models: keys, their limits, usage documents (DESIGN §5)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class KeyLimits(_Strict):
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_parallel: PositiveInt | None = None
+    budget_usd: float | None = Field(default=None, gt=0)
+    budget_period: Literal["day", "month", "total"] | None = None
+
+
+class KeyCreate(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    models: list[str] = Field(default=["*"], min_length=1)
+    limits: KeyLimits = KeyLimits()
+    expires_at: datetime | None = None
+    metadata: dict[str, Any] = {}
+
+
+class KeyUpdate(_Strict):
+    """Every field optional; ``limits`` merges field by field, ``null`` removes one."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    models: list[str] | None = Field(default=None, min_length=1)
+    limits: KeyLimits | None = None
+    expires_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class KeyOut(BaseModel):
+    id: str
+    object: Literal["gateway.key"] = "gateway.key"
+    name: str
+    key_hint: str
+    models: list[str]
+    limits: KeyLimits
+    expires_at: datetime | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    source: Literal["api", "config"]
+    metadata: dict[str, Any]
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="The plaintext key; shown this once only.")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyOut]
+    has_more: bool
+    last_id: str | None
+
+
+class UsageCounters(BaseModel):
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    errors: int = 0
+
+
+class ModelUsage(UsageCounters):
+    model: str
+
+
+class DayUsage(UsageCounters):
+    day: str
+
+
+class UsageDoc(UsageCounters):
+    key_id: str
+    by_model: list[ModelUsage] = []
+    by_day: list[DayUsage] = []
+
+
+class UsageList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[UsageDoc]
