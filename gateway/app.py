@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway import __version__
-from gateway.api import health, openai
+from gateway.api import admin, health, openai
 from gateway.api.handlers import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.config import Settings, load_settings, resolve_config_path
@@ -32,6 +32,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,

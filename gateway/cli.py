@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(mock, 8000)
     mock.set_defaults(func=cmd_mock_upstream)
+
+    from gateway import keys_cli
+
+    keys_cli.add_parser(sub)
     return parser
 
 

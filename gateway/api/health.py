@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.responses import JSONResponse
 
 from gateway.deps import ResourcesDep
 
@@ -16,6 +17,15 @@ async def health() -> dict[str, str]:
 
 
 @router.get("/ready")
-async def ready(resources: ResourcesDep) -> dict[str, object]:
-    """Config loaded and the store reachable: ready for traffic."""
-    return {"status": "ready", "models": len(resources.router.names())}
+async def ready(resources: ResourcesDep) -> JSONResponse:
+    """Config loaded and the store reachable. ``degraded``: Redis is down and
+    ``fail_mode: open`` keeps serving known keys on per-process limits (200);
+    ``unavailable``: it is down and ``fail_mode: closed`` (503)."""
+    store = resources.gatekeeper.store
+    status = await store.status()
+    body = {
+        "status": "ready" if status == "ok" else status,
+        "store": store.backend,
+        "models": len(resources.router.names()),
+    }
+    return JSONResponse(body, status_code=503 if status == "unavailable" else 200)

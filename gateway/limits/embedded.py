@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.limits.base import Admission, Grant, UsageEvent, spend_periods
+from gateway.limits.base import LEASE_TTL_MS, Admission, Grant, UsageEvent, spend_periods
 from gateway.limits.keys import KeyRecord
 from gateway.limits.local import LocalLimiter
 from gateway.limits.usage import UsageTable, usage_doc
@@ -72,11 +72,11 @@ def default_data_dir() -> Path:
 class EmbeddedStore:
     backend = "embedded"
 
-    def __init__(self, data_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path | None = None, *, lease_ttl_ms: float = LEASE_TTL_MS) -> None:
         self.path = (data_dir or default_data_dir()) / "gateway.db"
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
         self._db: sqlite3.Connection | None = None
-        self._limiter = LocalLimiter()
+        self._limiter = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, tuple[str, KeyRecord]] = {}
         self._pending = UsageTable()

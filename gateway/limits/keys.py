@@ -74,7 +74,7 @@ class KeyRecord(BaseModel):
             raise ModelNotAllowed(f"This key may not use the model `{model}`.", param="model")
 
 
-def _aware(moment: datetime | None) -> datetime | None:
+def as_utc(moment: datetime | None) -> datetime | None:
     if moment is not None and moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
     return moment
@@ -90,7 +90,7 @@ def record_from_config(key: KeyConfig, started: datetime) -> tuple[str, KeyRecor
         key_hint=key_hint(secret),
         models=tuple(key.models),
         limits=key.limits,
-        expires_at=_aware(key.expires_at),
+        expires_at=as_utc(key.expires_at),
         created_at=started,
         source="config",
         metadata=key.metadata,
@@ -114,7 +114,7 @@ def new_record(
         key_hint=key_hint(secret),
         models=tuple(models),
         limits=limits,
-        expires_at=_aware(expires_at),
+        expires_at=as_utc(expires_at),
         created_at=utcnow(),
     )
     if metadata:

@@ -36,8 +36,11 @@ def wall_ms() -> float:
 
 
 class LocalLimiter:
-    def __init__(self, clock: Callable[[], float] = wall_ms) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = wall_ms, lease_ttl_ms: float = LEASE_TTL_MS
+    ) -> None:
         self._clock = clock
+        self._lease_ttl = lease_ttl_ms
         self._requests: dict[str, deque[float]] = {}
         self._tokens: dict[str, dict[int, int]] = {}
         self._leases: dict[str, dict[str, float]] = {}
@@ -75,12 +78,14 @@ class LocalLimiter:
             requests_reset = (window[0] if window else now) + WINDOW_MS - now
 
         second = int(now // 1000)
-        if limits.tpm and not refused:
+        if limits.tpm:
             buckets = self._tokens.setdefault(kid, {})
             for old in [s for s in buckets if s <= second - 60]:
                 del buckets[old]
             used_tokens = sum(buckets.values())
-            if admission.tokens > limits.tpm:
+            if refused:
+                pass  # counted for the headers only
+            elif admission.tokens > limits.tpm:
                 refused = REFUSED_TOO_LARGE
             elif used_tokens + admission.tokens > limits.tpm:
                 refused = REFUSED_TPM
@@ -125,7 +130,7 @@ class LocalLimiter:
             grant.tokens, grant.bucket = admission.tokens, second
             used_tokens += admission.tokens
         if limits.max_parallel:
-            self._leases[kid][admission.request_id] = now + LEASE_TTL_MS
+            self._leases[kid][admission.request_id] = now + self._lease_ttl
             grant.lease = True
         if period:
             self._spend[(kid, period)] = self._spend.get((kid, period), 0.0) + admission.cost
@@ -156,7 +161,7 @@ class LocalLimiter:
                 spend[(kid, period)] = spend.get((kid, period), 0.0) + usage.cost
 
     def renew(self, grants: list[Grant]) -> None:
-        expiry = self._clock() + LEASE_TTL_MS
+        expiry = self._clock() + self._lease_ttl
         for grant in grants:
             leases = self._leases.get(grant.key_id)
             if leases and grant.request_id in leases:

@@ -78,7 +78,14 @@ class KeySpace:
 class RedisStore:
     backend = "redis"
 
-    def __init__(self, url: str, *, fail_open: bool = True, prefix: str = "gw:") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        fail_open: bool = True,
+        prefix: str = "gw:",
+        lease_ttl_ms: int = LEASE_TTL_MS,
+    ) -> None:
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=TIMEOUT_SECONDS,
@@ -92,7 +99,8 @@ class RedisStore:
         self._admit = self._client.register_script(_script("admit_v1.lua"))
         self._settle = self._client.register_script(_script("settle_v1.lua"))
         self._renew = self._client.register_script(_script("renew_v1.lua"))
-        self._local = LocalLimiter()
+        self._lease_ttl = lease_ttl_ms
+        self._local = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
         self._buffer: deque[tuple[str, UsageEvent]] = deque(maxlen=BUFFER_LIMIT)
         self._down_since: float | None = None
         self._recovery: asyncio.Task[None] | None = None
@@ -248,7 +256,7 @@ class RedisStore:
                     admission.tokens,
                     repr(float(admission.cost)),
                     admission.request_id,
-                    LEASE_TTL_MS,
+                    self._lease_ttl,
                     period,
                 ],
             )
@@ -313,7 +321,7 @@ class RedisStore:
                 for key_id, tickets in by_key.items():
                     await self._renew(
                         keys=[self.keys.tagged(key_id, "lease")],
-                        args=[LEASE_TTL_MS, *tickets],
+                        args=[self._lease_ttl, *tickets],
                         client=pipe,
                     )
                 await pipe.execute()

@@ -29,7 +29,7 @@ if rpm > 0 then
   end
 end
 
-if tpm > 0 and refused == 0 then
+if tpm > 0 then
   local flat = redis.call('HGETALL', KEYS[2])
   local live, stale = {}, {}
   for i = 1, #flat, 2 do
@@ -44,7 +44,9 @@ if tpm > 0 and refused == 0 then
   if #stale > 0 then redis.call('HDEL', KEYS[2], unpack(stale)) end
   table.sort(live, function(a, b) return a[1] < b[1] end)
   tok_reset = ((#live > 0 and live[1][1] or second) + 60) * 1000 - now
-  if tokens > tpm then
+  if refused > 0 then
+    -- counted for the headers only
+  elseif tokens > tpm then
     refused = 3
   elseif used_tok + tokens > tpm then
     refused = 2

@@ -1,0 +1,122 @@
+"""``gateway keys ...``: the admin API from a terminal.
+
+Talks to a running gateway (``--url``, else ``GATEWAY_URL``, else
+http://127.0.0.1:8080) with the master key from ``GATEWAY_MASTER_KEY`` only:
+a key on the command line would end up in shell history and process lists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import httpx
+
+LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "budget_usd", "budget_period")
+
+
+def _limit(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null", "off") else kind(text)
+
+    return parse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    keys = sub.add_parser("keys", help="manage gateway keys through a running gateway's admin API")
+    keys.add_argument(
+        "--url", default=None, help="gateway URL (default: $GATEWAY_URL or http://127.0.0.1:8080)"
+    )
+    actions = keys.add_subparsers(dest="action", required=True)
+
+    def key_fields(p: argparse.ArgumentParser, *, creating: bool) -> None:
+        p.add_argument("--name", required=creating)
+        p.add_argument("--models", help="comma-separated allow-list; '*' for all")
+        p.add_argument("--rpm", type=_limit(int), default=argparse.SUPPRESS)
+        p.add_argument("--tpm", type=_limit(int), default=argparse.SUPPRESS)
+        p.add_argument(
+            "--max-parallel", dest="max_parallel", type=_limit(int), default=argparse.SUPPRESS
+        )
+        p.add_argument(
+            "--budget-usd", dest="budget_usd", type=_limit(float), default=argparse.SUPPRESS
+        )
+        p.add_argument(
+            "--budget-period", dest="budget_period", type=_limit(str), default=argparse.SUPPRESS
+        )
+        p.add_argument("--expires-at", dest="expires_at", help="RFC 3339 time, or 'none'")
+        p.add_argument("--metadata", help="a JSON object")
+
+    key_fields(
+        actions.add_parser("create", help="create a key; its secret is printed once"), creating=True
+    )
+    lister = actions.add_parser("list", help="list keys")
+    lister.add_argument("--limit", type=int, default=100)
+    lister.add_argument("--after")
+    actions.add_parser("show", help="show one key").add_argument("id")
+    update = actions.add_parser("update", help="change a key (a limit of 'none' removes it)")
+    update.add_argument("id")
+    key_fields(update, creating=False)
+    actions.add_parser("revoke", help="revoke a key (its record and usage stay)").add_argument("id")
+    usage = actions.add_parser("usage", help="usage of one key, or of all")
+    usage.add_argument("id", nargs="?")
+    keys.set_defaults(func=run)
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if args.name is not None:
+        body["name"] = args.name
+    if args.models is not None:
+        body["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    limits = {f: getattr(args, f) for f in LIMIT_FIELDS if hasattr(args, f)}
+    if limits:
+        body["limits"] = limits
+    if args.expires_at is not None:
+        body["expires_at"] = None if args.expires_at.lower() == "none" else args.expires_at
+    if args.metadata is not None:
+        body["metadata"] = json.loads(args.metadata)
+    return body
+
+
+def run(args: argparse.Namespace) -> int:
+    master = os.environ.get("GATEWAY_MASTER_KEY")
+    if not master:
+        print("gateway keys: set GATEWAY_MASTER_KEY to the gateway's master key", file=sys.stderr)
+        return 2
+    url = (args.url or os.environ.get("GATEWAY_URL") or "http://127.0.0.1:8080").rstrip("/")
+    client = httpx.Client(base_url=url, headers={"authorization": f"Bearer {master}"}, timeout=30)
+    action = args.action
+    try:
+        if action == "create":
+            response = client.post("/admin/keys", json=_body(args))
+        elif action == "list":
+            params = {"limit": args.limit, **({"after": args.after} if args.after else {})}
+            response = client.get("/admin/keys", params=params)
+        elif action == "show":
+            response = client.get(f"/admin/keys/{args.id}")
+        elif action == "update":
+            response = client.patch(f"/admin/keys/{args.id}", json=_body(args))
+        elif action == "revoke":
+            response = client.delete(f"/admin/keys/{args.id}")
+        else:
+            response = client.get(f"/admin/keys/{args.id}/usage" if args.id else "/admin/usage")
+    except httpx.HTTPError as exc:
+        print(f"gateway keys: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        print(f"gateway keys: {response.status_code}: {message}", file=sys.stderr)
+        return 1
+    if response.status_code == 204:
+        print(f"revoked {args.id}")
+        return 0
+    print(json.dumps(response.json(), indent=2))
+    if action == "create":
+        print("# the key above is shown this once: store it now", file=sys.stderr)
+    return 0
