@@ -98,6 +98,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(f"invalid config:\n{exc}")
     resolved = settings.model_dump(mode="json", exclude={"prices"})
+    for provider in resolved["providers"].values():
+        # Custom headers often carry credentials: show which, not what.
+        provider["headers"] = {name: "**********" for name in provider["headers"]}
     print(f"# {settings.source}: valid")
     print(yaml.safe_dump(resolved, sort_keys=False), end="")
     for warning in warn_about(settings):

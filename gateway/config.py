@@ -220,8 +220,16 @@ def substitute_env(node: Any, env: Mapping[str, str], path: str = "") -> Any:
     result = _VAR.sub(replace, node)
     # A value that is exactly one ${VAR} keeps YAML typing (``rpm: ${RPM:-60}`` is an int).
     if whole and result != "":
-        loaded = yaml.safe_load(result)
-        if isinstance(loaded, int | float | bool) and not isinstance(loaded, str):
+        try:
+            loaded = yaml.safe_load(result)
+        except yaml.YAMLError:  # ``*``, ``@x``, ``a: b: c``: not YAML, so plain text
+            return result
+        # Numbers only: a secret that happens to read "yes" or "0123" stays a string.
+        if (
+            isinstance(loaded, int | float)
+            and not isinstance(loaded, bool)
+            and str(loaded) == result
+        ):
             return loaded
     return result
 

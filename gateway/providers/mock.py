@@ -268,7 +268,9 @@ class MockProvider:
         script = MockScript.from_request(request)
         await self._before(script)
         answer = build_completion(request, script, ctx.deployment.model)
-        if script.cut_after is not None or script.malformed_after is not None:
+        # The stream has tokens + a finish chunk + a usage chunk; a fault past them never fires.
+        chunks = answer.usage.completion_tokens + 2
+        if any(x is not None and x < chunks for x in (script.cut_after, script.malformed_after)):
             raise UpstreamUnavailable("the upstream sent a malformed answer (mock fault)")
         pause = script.ttft_ms / 1000 + script.interval * max(0, answer.usage.completion_tokens - 1)
         if pause:

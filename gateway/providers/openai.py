@@ -133,7 +133,7 @@ class OpenAIProvider:
                     response.status_code, await _read_some(response), response.headers, self._secret
                 )
             events = SSEStream(
-                response.aiter_raw(),
+                _raw_body(response),
                 first_token=ctx.timeouts.first_token,
                 idle=ctx.timeouts.idle,
                 deadline=deadline,
@@ -143,7 +143,20 @@ class OpenAIProvider:
             await response.aclose()
 
 
+def _raw_body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it arrives; one already read into memory (MockTransport, respx) is replayed."""
+    if response.is_stream_consumed:
+        return _replay(response.content)
+    return response.aiter_raw()
+
+
+async def _replay(content: bytes) -> AsyncIterator[bytes]:
+    yield content
+
+
 async def _read_some(response: httpx.Response) -> bytes:
+    if response.is_stream_consumed:
+        return response.content[:_ERROR_BODY_LIMIT]
     body = b""
     try:
         async for data in response.aiter_raw():

@@ -1,0 +1,436 @@
+"""gateway/config.py: YAML + ${VAR} loading, and errors that name the file and the field."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigError, Timeouts, load_settings, warn_about
+from gateway.providers.registry import check_types
+
+MOCK = "providers: {demo: {type: mock}}\n"
+
+
+def write(tmp_path: Path, text: str, name: str = "gateway.yaml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def config_error(path: Path, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env=env or {})
+    return str(info.value).splitlines()
+
+
+# Each case: the YAML text, the environment, and the exact lines of the error,
+# with {file} standing for the config file's path as given.
+BROKEN = [
+    pytest.param(
+        MOCK + "models:\n  gpt-4o:\n    deployments: [{provider: demo, model: m, weigth: 2}]\n",
+        {},
+        ["{file}: models.gpt-4o.deployments[0].weigth: unknown field"],
+        id="misspelt-deployment-field",
+    ),
+    pytest.param(
+        MOCK + "models:\n  m: {deployments: [{provider: demo, model: x, timeout: {conect: 3}}]}\n",
+        {},
+        ["{file}: models.m.deployments[0].timeout.conect: unknown field"],
+        id="misspelt-timeout-phase",
+    ),
+    pytest.param(
+        MOCK + "modles: {}\n",
+        {},
+        ["{file}: modles: unknown field"],
+        id="misspelt-top-level-section",
+    ),
+    pytest.param(
+        MOCK + "models:\n  gpt-4o:\n    deployments: [{provider: demo}]\n",
+        {},
+        ["{file}: models.gpt-4o.deployments[0].model: field required"],
+        id="missing-deployment-model",
+    ),
+    pytest.param(
+        "providers: {demo: {base_url: 'http://127.0.0.1:8000/v1'}}\n",
+        {},
+        ["{file}: providers.demo.type: field required"],
+        id="missing-provider-type",
+    ),
+    pytest.param(
+        MOCK + "models:\n  m: {routing: {strategy: weighted}}\n",
+        {},
+        ["{file}: models.m.deployments: field required"],
+        id="missing-deployments",
+    ),
+    pytest.param(
+        MOCK + "keys:\n  - {name: ci, key: '${CI_KEY}'}\n",
+        {},
+        ["{file}: keys[0].key: environment variable CI_KEY is not set"],
+        id="unset-variable",
+    ),
+    pytest.param(
+        "providers:\n  up: {type: openai, base_url: 'http://${UP_HOST}:8000/v1'}\n",
+        {"UP_PORT": "8000"},
+        ["{file}: providers.up.base_url: environment variable UP_HOST is not set"],
+        id="unset-variable-inside-a-string",
+    ),
+    pytest.param(
+        MOCK + "models:\n  m: {deployments: [{provider: nope, model: x}]}\n",
+        {},
+        ["{file}: models.m.deployments[0].provider: unknown provider 'nope'"],
+        id="unknown-provider",
+    ),
+    pytest.param(
+        MOCK + "models:\n  m: {deployments: [{provider: demo, model: x}], fallbacks: [ghost]}\n",
+        {},
+        ["{file}: models.m.fallbacks[0]: unknown model 'ghost'"],
+        id="unknown-fallback",
+    ),
+    pytest.param(
+        MOCK + "models:\n  m: {deployments: [{provider: ghost, model: x}], fallbacks: [nope]}\n",
+        {},
+        [
+            "{file}: models.m.deployments[0].provider: unknown provider 'ghost'",
+            "{file}: models.m.fallbacks[0]: unknown model 'nope'",
+        ],
+        id="two-problems-two-lines",
+    ),
+    pytest.param(
+        "keys:\n  - {name: ci, key: sk-abcdefgh, limits: {rpm: 0}}\n",
+        {},
+        ["{file}: keys[0].limits.rpm: Input should be greater than 0"],
+        id="limit-zero",
+    ),
+    pytest.param(
+        "keys:\n  - {name: ci, key: sk-abcdefgh, limits: {tpm: lots}}\n",
+        {},
+        [
+            "{file}: keys[0].limits.tpm: Input should be a valid integer, "
+            "unable to parse string as an integer"
+        ],
+        id="limit-not-a-number",
+    ),
+    pytest.param(
+        "keys:\n  - {name: ci, key: sk-abcdefgh, limits: {rpm: '${RPM}'}}\n",
+        {"RPM": "many"},
+        [
+            "{file}: keys[0].limits.rpm: Input should be a valid integer, "
+            "unable to parse string as an integer"
+        ],
+        id="limit-from-env-not-a-number",
+    ),
+    pytest.param(
+        "keys:\n  - {name: ci, key: sk-abcdefgh, limits: {budget_period: day}}\n",
+        {},
+        ["{file}: keys[0].limits: budget_period needs budget_usd"],
+        id="budget-period-without-budget",
+    ),
+    pytest.param(
+        "keys:\n  - {name: ci, key: pk-abcdefgh}\n",
+        {},
+        ["{file}: keys[0].key: a key must start with 'sk-' and be at least 8 characters"],
+        id="key-without-sk-prefix",
+    ),
+    pytest.param(
+        "keys:\n  - {name: ci, key: sk-abcdefgh}\n  - {name: ci, key: sk-abcdefgi}\n",
+        {},
+        ["{file}: keys[1].name: duplicate key name 'ci'"],
+        id="duplicate-key-name",
+    ),
+    pytest.param(
+        "- providers\n- models\n",
+        {},
+        ["{file}: the top level must be a mapping"],
+        id="top-level-list",
+    ),
+    pytest.param(
+        "just a sentence\n",
+        {},
+        ["{file}: the top level must be a mapping"],
+        id="top-level-scalar",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "env", "expected"), BROKEN)
+def test_broken_config_names_file_and_field(
+    tmp_path: Path, text: str, env: dict[str, str], expected: list[str]
+) -> None:
+    path = write(tmp_path, text)
+    assert config_error(path, env) == [line.format(file=path) for line in expected]
+
+
+def test_invalid_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "providers:\n  demo: [type: mock}\n")
+    lines = config_error(path)
+    assert lines[0].startswith(f"{path}: not valid YAML: ")
+    assert any("line 2" in line for line in lines)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.yaml"
+    assert config_error(path) == [f"{path}: cannot read the config file: No such file or directory"]
+
+
+def test_directory_is_a_config_error(tmp_path: Path) -> None:
+    assert config_error(tmp_path) == [f"{tmp_path}: cannot read the config file: Is a directory"]
+
+
+def test_relative_path_is_named_as_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path, "keys:\n  - {name: ci, key: short}\n", name="configs/gateway.yaml")
+    monkeypatch.chdir(tmp_path)
+    assert config_error(Path("configs/gateway.yaml")) == [
+        "configs/gateway.yaml: keys[0].key: a key must start with 'sk-' and be at least 8 characters"
+    ]
+
+
+def test_unknown_provider_type_via_registry(tmp_path: Path) -> None:
+    path = write(tmp_path, "providers:\n  demo: {type: mock}\n  odd: {type: nosuch}\n")
+    settings = load_settings(path, env={})  # the type is checked by the registry, not pydantic
+    with pytest.raises(ConfigError) as info:
+        check_types(settings)
+    (line,) = str(info.value).splitlines()
+    prefix = f"{path}: providers.odd.type: unknown provider type 'nosuch' (known: "
+    assert line.startswith(prefix)
+    assert "mock" in line[len(prefix) :]
+    assert "openai" in line[len(prefix) :]
+
+
+def test_known_provider_types_pass_the_registry(tmp_path: Path) -> None:
+    path = write(tmp_path, "providers:\n  demo: {type: mock}\n  up: {type: openai}\n")
+    check_types(load_settings(path, env={}))
+
+
+# ---------------------------------------------------------------- what loads
+
+
+def test_default_substitution(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "providers:\n"
+        "  up: {type: openai, base_url: '${UP_URL:-http://127.0.0.1:8000/v1}'}\n"
+        "  mid: {type: openai, base_url: 'http://${HOST:-localhost}:${PORT:-9000}/v1'}\n",
+    )
+    settings = load_settings(path, env={})
+    assert settings.providers["up"].base_url == "http://127.0.0.1:8000/v1"
+    assert settings.providers["mid"].base_url == "http://localhost:9000/v1"
+
+    settings = load_settings(path, env={"UP_URL": "https://api.example.com/v1", "PORT": "81"})
+    assert settings.providers["up"].base_url == "https://api.example.com/v1"
+    assert settings.providers["mid"].base_url == "http://localhost:81/v1"
+
+
+def test_whole_value_variable_keeps_yaml_type(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "keys:\n"
+        "  - name: ci\n"
+        "    key: '${CI_KEY}'\n"
+        "    limits: {rpm: '${RPM:-60}', tpm: '${TPM}', budget_usd: '${BUDGET:-2.5}'}\n"
+        "    metadata: {team: '${TEAM:-42}', label: 'rpm=${RPM:-60}'}\n",
+    )
+    settings = load_settings(path, env={"CI_KEY": "sk-ci-0123456789", "TPM": "200000"})
+    (key,) = settings.keys
+    assert key.key.get_secret_value() == "sk-ci-0123456789"
+    assert key.limits.rpm == 60
+    assert key.limits.tpm == 200000
+    assert key.limits.budget_usd == 2.5
+    # Typed even where the schema takes anything; a variable inside text stays text.
+    assert key.metadata == {"team": 42, "label": "rpm=60"}
+
+    settings = load_settings(path, env={"CI_KEY": "sk-ci-0123456789", "TPM": "1", "RPM": "120"})
+    assert settings.keys[0].limits.rpm == 120
+
+
+@pytest.mark.parametrize(
+    ("env", "models", "secret"),
+    [
+        pytest.param({}, ["*"], "sk-local-0123456789", id="glob-default"),
+        pytest.param(
+            {"ALLOWED": "gpt-*", "LOCAL_KEY": "@tok: en: 42"},
+            ["gpt-*"],
+            "@tok: en: 42",
+            id="secret-with-yaml-syntax",
+        ),
+    ],
+)
+def test_whole_value_variable_that_is_not_yaml_stays_text(
+    tmp_path: Path, env: dict[str, str], models: list[str], secret: str
+) -> None:
+    # ``*`` (a YAML alias), ``@`` and ``: `` are fine in a value and must not
+    # make the loader crash with a raw yaml error.
+    path = write(
+        tmp_path,
+        "providers:\n"
+        "  local: {type: openai, api_key: '${LOCAL_KEY:-sk-local-0123456789}'}\n"
+        "keys:\n"
+        "  - {name: ci, key: sk-ci-0123456789, models: ['${ALLOWED:-*}']}\n",
+    )
+    settings = load_settings(path, env=env)
+    assert settings.keys[0].models == models
+    assert settings.providers["local"].api_key is not None
+    assert settings.providers["local"].api_key.get_secret_value() == secret
+
+
+def test_timeout_number_bounds_every_phase(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MOCK + "models:\n"
+        "  m:\n"
+        "    deployments:\n"
+        "      - {provider: demo, model: a, timeout: 30}\n"
+        "      - {provider: demo, model: b, timeout: 2}\n"
+        "      - {provider: demo, model: c, timeout: {first_token: 10}}\n"
+        "      - {provider: demo, model: d}\n",
+    )
+    a, b, c, d = load_settings(path, env={}).models["m"].deployments
+    assert a.timeout == Timeouts(connect=5, first_token=30, idle=30, total=30)
+    assert b.timeout == Timeouts(connect=2, first_token=2, idle=2, total=2)
+    assert c.timeout == Timeouts(connect=5, first_token=10, idle=60, total=600)
+    assert d.timeout == Timeouts(connect=5, first_token=60, idle=60, total=600)
+
+
+def test_empty_api_key_disables_provider_and_hides_its_models(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "providers:\n"
+        "  demo: {type: mock}\n"
+        "  openai: {type: openai, api_key: '${OPENAI_API_KEY:-}'}\n"
+        "  local: {type: openai, base_url: 'http://127.0.0.1:8000/v1'}\n"
+        "models:\n"
+        "  gpt-4o: {deployments: [{provider: openai, model: gpt-4o}]}\n"
+        "  mixed:\n"
+        "    deployments: [{provider: openai, model: gpt-4o}, {provider: local, model: qwen}]\n"
+        "  mock-chat: {deployments: [{provider: demo, model: mock-chat}]}\n",
+    )
+    settings = load_settings(path, env={})
+    assert not settings.providers["openai"].enabled
+    assert settings.providers["local"].enabled  # no api_key at all: needs none
+    assert list(settings.enabled_models()) == ["mixed", "mock-chat"]
+    assert "provider 'openai' is disabled: its api_key is empty" in warn_about(settings)
+
+    settings = load_settings(path, env={"OPENAI_API_KEY": "sk-real-0123456789"})
+    assert settings.providers["openai"].enabled
+    assert list(settings.enabled_models()) == ["gpt-4o", "mixed", "mock-chat"]
+
+
+def test_embedded_default_without_env_serves_mock_models_only() -> None:
+    settings = load_settings(None, env={})
+    assert settings.source == "<embedded gateway.yaml>"
+    assert set(settings.enabled_models()) == {"mock-chat", "mock-embedding"}
+    (demo,) = settings.keys
+    assert demo.key.get_secret_value() == "sk-gateway-demo"
+    assert settings.master_key is None
+    assert settings.redis_url is None
+
+
+def test_embedded_default_lists_openai_models_with_a_key() -> None:
+    settings = load_settings(
+        None, env={"OPENAI_API_KEY": "sk-openai-0123456789", "GATEWAY_DEMO_KEY": "sk-mine-0123"}
+    )
+    enabled = set(settings.enabled_models())
+    assert {"mock-chat", "mock-embedding", "gpt-4o-mini", "gpt-4o"} <= enabled
+    assert settings.providers["openai"].base_url == "https://api.openai.com/v1"
+    assert settings.keys[0].key.get_secret_value() == "sk-mine-0123"
+
+
+def test_environment_adds_master_key_and_redis(tmp_path: Path) -> None:
+    path = write(tmp_path, MOCK)
+    settings = load_settings(
+        path, env={"GATEWAY_MASTER_KEY": "sk-master-0123", "REDIS_URL": "redis://h:6379/0"}
+    )
+    assert settings.master_key is not None
+    assert settings.master_key.get_secret_value() == "sk-master-0123"
+    assert settings.redis_url is not None
+    assert settings.redis_url.get_secret_value() == "redis://h:6379/0"
+
+
+def test_relative_data_dir_resolves_against_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(tmp_path, MOCK + "server: {data_dir: state/gw}\n", name="conf/gateway.yaml")
+    monkeypatch.chdir(tmp_path)  # not the cwd: the directory of the file
+    settings = load_settings(Path("conf/gateway.yaml"), env={})
+    assert settings.server.data_dir == tmp_path.resolve() / "conf" / "state" / "gw"
+
+
+def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    path = write(tmp_path, MOCK + f"server: {{data_dir: '{target}'}}\n", name="conf/gateway.yaml")
+    assert load_settings(path, env={}).server.data_dir == target
+
+
+def test_data_dir_defaults_to_none(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, MOCK), env={}).server.data_dir is None
+
+
+# ---------------------------------------------------------------- gateway check-config
+
+
+@pytest.fixture
+def restore_gateway_logger() -> Iterator[None]:
+    """``main()`` configures the ``gateway`` logger; put it back for later tests."""
+    logger = logging.getLogger("gateway")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.mark.usefixtures("restore_gateway_logger")
+def test_check_config_prints_config_with_secrets_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    provider_secret = "sk-upstream-secret-9876"
+    key_secret = "sk-ci-secret-1234"
+    monkeypatch.setenv("UP_KEY", provider_secret)
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", "sk-master-secret-5555")
+    path = write(
+        tmp_path,
+        "providers:\n"
+        "  up: {type: openai, base_url: 'http://127.0.0.1:9/v1', api_key: '${UP_KEY}'}\n"
+        "models:\n"
+        "  m: {deployments: [{provider: up, model: x, timeout: 30}]}\n"
+        f"keys:\n  - {{name: ci, key: {key_secret}, limits: {{rpm: '${{RPM:-60}}'}}}}\n",
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"# {path}: valid\n")
+    assert provider_secret not in out + err
+    assert key_secret not in out + err
+    assert "sk-master-secret-5555" not in out + err
+    assert "api_key: '**********'" in out
+    assert "key: '**********'" in out
+    assert "rpm: 60" in out
+    assert "first_token: 30.0" in out
+
+
+@pytest.mark.usefixtures("restore_gateway_logger")
+def test_check_config_fails_with_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "models:\n  m: {deployments: [{provider: ghost, model: x}]}\n")
+    assert main(["check-config", "--config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "gateway: invalid config:\n"
+        f"{path}: models.m.deployments[0].provider: unknown provider 'ghost'\n"
+    )
+
+
+@pytest.mark.usefixtures("restore_gateway_logger")
+def test_check_config_fails_on_unknown_provider_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "providers: {odd: {type: nosuch}}\n")
+    assert main(["check-config", "--config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(
+        f"gateway: invalid config:\n{path}: providers.odd.type: unknown provider type 'nosuch'"
+    )
