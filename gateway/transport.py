@@ -27,6 +27,7 @@ from gateway.config import ProviderConfig
 
 # One cached yarl.URL per distinct upstream URL: providers call a few fixed ones.
 _URL_CACHE_MAX = 1024
+_EAGER_BODY_MAX = 1024 * 1024
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -52,6 +53,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             timeout=aiohttp.ClientTimeout(total=None),
         )
         self._urls: dict[str, URL] = {}
+        self._timeouts: dict[tuple[float | None, float | None], aiohttp.ClientTimeout] = {}
 
     def _url(self, url: httpx.URL) -> URL:
         key = str(url)
@@ -64,29 +66,42 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout") or {}
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.get("connect"), sock_read=timeouts.get("read")
-        )
+        limits = (timeouts.get("connect"), timeouts.get("read"))
+        timeout = self._timeouts.get(limits)
+        if timeout is None:
+            timeout = self._timeouts[limits] = aiohttp.ClientTimeout(
+                total=None, sock_connect=limits[0], sock_read=limits[1]
+            )
         try:
             response = await self._session.request(
                 request.method,
                 self._url(request.url),
                 headers=request.headers.multi_items(),
-                data=request.content if request.content else None,
+                data=request.content or None,
                 allow_redirects=False,
                 timeout=timeout,
             )
         except Exception as exc:
             raise _to_httpx(exc, request, connecting=True) from exc
+        # A small body of known length (a non-streamed answer, an error) is read
+        # here in one go: cheaper than streaming it through httpx's layers. Event
+        # streams come chunked, without a length, and stream.
+        length = response.content_length
+        if length is not None and length <= _EAGER_BODY_MAX:
+            try:
+                body = await response.read()
+            except Exception as exc:
+                response.close()
+                raise _to_httpx(exc, request, connecting=False) from exc
+            response.release()
+            return httpx.Response(
+                response.status, headers=response.raw_headers, content=body, request=request
+            )
         return httpx.Response(
             response.status,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
+            headers=response.raw_headers,
             stream=_AiohttpStream(response, request),
             request=request,
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": (response.reason or "").encode(),
-            },
         )
 
     async def aclose(self) -> None:

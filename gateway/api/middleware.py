@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.handlers import error_json
 from gateway.errors import RequestTooLarge
-from gateway.observability.logging import AccessRecord, access_log
+from gateway.ids import new_id
+from gateway.observability.logging import AccessLog, AccessRecord
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
@@ -26,9 +26,10 @@ def _too_large(limit: int) -> RequestTooLarge:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: AccessLog) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,7 +43,7 @@ class RequestContextMiddleware:
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
         if not request_id:
-            request_id = uuid.uuid4().hex.encode()
+            request_id = new_id().encode()
         id_header = (b"x-request-id", request_id)
         record = AccessRecord(request_id.decode(), scope["method"], scope["path"])
         scope["gateway.access"] = record
@@ -63,7 +64,7 @@ class RequestContextMiddleware:
                 receive = _counting(receive, limit)
             await self.app(scope, receive, send_with_id)
         finally:
-            access_log.info(record.line((time.perf_counter() - started) * 1000))
+            self.access_log.write(record.line((time.perf_counter() - started) * 1000))
 
 
 def _counting(receive: Receive, limit: int) -> Receive:

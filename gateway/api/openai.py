@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from gateway.api.handlers import error_json
-from gateway.deps import AccessDep, Call, ChatCall, EmbeddingCall, KeyDep, ResourcesDep, settle
+from gateway.deps import Call, ChatCall, EmbeddingCall, KeyDep, ResourcesDep, settle
 from gateway.errors import GatewayError
 from gateway.observability.logging import AccessRecord
 from gateway.providers.base import CallContext
@@ -51,8 +51,8 @@ def _pick(
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
-async def chat_completions(call: ChatCall, resources: ResourcesDep, access: AccessDep) -> Response:
-    body = call.body
+async def chat_completions(call: ChatCall) -> Response:
+    body, resources, access = call.body, call.resources, call.access
     target: Target | None = None
     tokens_in = tokens_out = 0
     error, streaming = True, False
@@ -77,7 +77,6 @@ async def chat_completions(call: ChatCall, resources: ResourcesDep, access: Acce
         if not streaming:
             access.input_tokens, access.output_tokens = tokens_in, tokens_out
             await settle(
-                resources,
                 call,
                 target,
                 input_tokens=tokens_in,
@@ -121,7 +120,6 @@ async def _stream_chat(
             tokens_out = state.chunks
         access.input_tokens, access.output_tokens = tokens_in, tokens_out
         await settle(
-            resources,
             call,
             target,
             input_tokens=tokens_in,
@@ -154,7 +152,8 @@ def _error_frame(exc: GatewayError) -> bytes:
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS)
-async def embeddings(call: EmbeddingCall, resources: ResourcesDep, access: AccessDep) -> Response:
+async def embeddings(call: EmbeddingCall) -> Response:
+    resources, access = call.resources, call.access
     target: Target | None = None
     tokens = 0
     error = True
@@ -170,7 +169,7 @@ async def embeddings(call: EmbeddingCall, resources: ResourcesDep, access: Acces
         raise
     finally:
         access.input_tokens = tokens
-        await settle(resources, call, target, input_tokens=tokens, output_tokens=0, error=error)
+        await settle(call, target, input_tokens=tokens, output_tokens=0, error=error)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)

@@ -10,6 +10,7 @@ semantics: ``embedded`` (one process) and ``redis`` (any number).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -82,24 +83,32 @@ def budget_period(limits: Limits, now: datetime | None = None) -> str:
     """The id of the budget period ``now`` falls in: UTC day, month, or all time."""
     if limits.budget_usd is None:
         return ""
-    now = now or datetime.now(UTC)
-    match limits.budget_period or "total":
-        case "day":
-            return now.strftime("d%Y-%m-%d")
-        case "month":
-            return now.strftime("m%Y-%m")
-        case _:
-            return "total"
+    day, month, total = spend_periods(now)
+    return {"day": day, "month": month}.get(limits.budget_period or "total", total)
+
+
+_periods: tuple[int, tuple[str, str, str]] = (-1, ("", "", ""))
 
 
 def spend_periods(now: datetime | None = None) -> tuple[str, str, str]:
-    """Every period a settled cost counts in, whatever the key's budget is today."""
-    now = now or datetime.now(UTC)
+    """Every period a settled cost counts in, whatever the key's budget is today.
+
+    Cached per UTC day: formatting dates is a measurable cost per request.
+    """
+    global _periods
+    if now is None:
+        day = int(time.time() // 86400)
+        if day == _periods[0]:
+            return _periods[1]
+        moment = datetime.fromtimestamp(day * 86400, UTC)
+        _periods = (day, (moment.strftime("d%Y-%m-%d"), moment.strftime("m%Y-%m"), "total"))
+        return _periods[1]
     return now.strftime("d%Y-%m-%d"), now.strftime("m%Y-%m"), "total"
 
 
 def today(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%d")
+    """The UTC day, YYYY-MM-DD."""
+    return spend_periods(now)[0][1:]
 
 
 def duration(ms: float) -> str:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from datetime import datetime
 
 from gateway.config import Limits, Settings
 from gateway.errors import GatewayError, InvalidAPIKey, StoreUnavailable
+from gateway.ids import new_id
 from gateway.limits.base import LEASE_RENEW_SECONDS, Admission, Grant, Store, UsageEvent
 from gateway.limits.keys import KeyRecord, hash_key, new_record, record_from_config, utcnow
 
@@ -85,7 +85,7 @@ class Gatekeeper:
 
     async def admit(self, key: KeyRecord, tokens: int, cost: float) -> Grant:
         # A ticket unique to this admission (client request ids may repeat).
-        grant = await self.store.admit(Admission(key, uuid.uuid4().hex, tokens, cost))
+        grant = await self.store.admit(Admission(key, new_id(), tokens, cost))
         if grant.lease:
             self._in_flight[grant.request_id] = grant
         return grant

@@ -21,9 +21,6 @@ from collections import deque
 from datetime import UTC, datetime
 from importlib import resources
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from gateway.errors import StoreUnavailable
 from gateway.limits.base import (
     LEASE_TTL_MS,
@@ -37,6 +34,7 @@ from gateway.limits.base import (
 )
 from gateway.limits.keys import KeyRecord
 from gateway.limits.local import LocalLimiter
+from gateway.limits.resp import RedisConnection, RedisDown, Script
 from gateway.limits.usage import COUNTERS, usage_doc
 from gateway.schemas.admin import UsageDoc
 
@@ -45,11 +43,11 @@ log = logging.getLogger("gateway.limits")
 TIMEOUT_SECONDS = 0.25
 RECOVERY_POLL_SECONDS = 0.5
 BUFFER_LIMIT = 100_000
-_DOWN = (RedisError, OSError, asyncio.TimeoutError)
+_DOWN = (RedisDown, OSError)
 
 
-def _script(name: str) -> str:
-    return resources.files("gateway.limits").joinpath("lua", name).read_text()
+def _script(name: str) -> Script:
+    return Script.of(resources.files("gateway.limits").joinpath("lua", name).read_text())
 
 
 class KeySpace:
@@ -86,30 +84,31 @@ class RedisStore:
         prefix: str = "gw:",
         lease_ttl_ms: int = LEASE_TTL_MS,
     ) -> None:
-        self._client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=TIMEOUT_SECONDS,
-            socket_connect_timeout=TIMEOUT_SECONDS,
-            retry_on_timeout=False,
-            health_check_interval=0,
-            max_connections=256,
-        )
+        self._redis = RedisConnection(url, timeout=TIMEOUT_SECONDS)
         self.keys = KeySpace(prefix)
         self.fail_open = fail_open
-        self._admit = self._client.register_script(_script("admit_v1.lua"))
-        self._settle = self._client.register_script(_script("settle_v1.lua"))
-        self._renew = self._client.register_script(_script("renew_v1.lua"))
+        self._admit = _script("admit_v1.lua")
+        self._settle = _script("settle_v1.lua")
+        self._renew = _script("renew_v1.lua")
         self._lease_ttl = lease_ttl_ms
         self._local = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
         self._buffer: deque[tuple[str, UsageEvent]] = deque(maxlen=BUFFER_LIMIT)
         self._down_since: float | None = None
         self._recovery: asyncio.Task[None] | None = None
 
+    async def _call(self, *args: object) -> object:
+        """One command, with loss of Redis noticed (and a 503 for the caller)."""
+        try:
+            return await self._redis.execute(*args)
+        except _DOWN as exc:
+            self._went_down(exc)
+            raise self._unavailable() from exc
+
     # ------------------------------------------------------------ lifecycle and health
 
     async def start(self) -> None:
         try:
-            await self._client.ping()
+            await self._redis.execute("PING")
         except _DOWN as exc:
             self._went_down(exc)
 
@@ -121,7 +120,7 @@ class RedisStore:
                 await self._flush_buffer()
             except _DOWN:
                 log.error("redis unreachable at shutdown: %d usage records lost", len(self._buffer))
-        await self._client.aclose()
+        await self._redis.aclose()
 
     @property
     def degraded(self) -> bool:
@@ -140,7 +139,7 @@ class RedisStore:
                 if self.fail_open
                 else "refusing requests"
             )
-            log.error("redis unreachable (%s): %s until it returns", type(exc).__name__, mode)
+            log.error("redis unreachable (%s): %s until it returns", exc, mode)
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover(), name="gateway-redis-recovery")
 
@@ -151,7 +150,7 @@ class RedisStore:
         while True:
             await asyncio.sleep(RECOVERY_POLL_SECONDS)
             try:
-                await self._client.ping()
+                await self._redis.execute("PING")
                 await self._flush_buffer()
             except _DOWN:
                 continue
@@ -164,36 +163,33 @@ class RedisStore:
         while self._buffer:
             batch = [self._buffer.popleft() for _ in range(min(500, len(self._buffer)))]
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for key_id, usage in batch:
-                        await self._settle(
-                            keys=self.keys.settle_keys(key_id),
-                            args=_settle_args(Grant(key_id=key_id, request_id=""), usage),
-                            client=pipe,
+                # Concurrent calls share the connection: one pipelined round trip.
+                await asyncio.gather(
+                    *(
+                        self._redis.evalsha(
+                            self._settle,
+                            self.keys.settle_keys(key_id),
+                            _settle_args(Grant(key_id=key_id, request_id=""), usage),
                         )
-                    await pipe.execute()
+                        for key_id, usage in batch
+                    )
+                )
             except BaseException:
+                # Settling twice would count twice; a partial batch is not retried as a
+                # whole. Scripts are atomic, so what did not run can run again.
                 self._buffer.extendleft(reversed(batch))
                 raise
 
     # ------------------------------------------------------------ keys
 
     async def key_by_hash(self, digest: str) -> KeyRecord | None:
-        try:
-            key_id = await self._client.get(self.keys.by_hash(digest))
-            return await self.get_key(key_id.decode()) if key_id else None
-        except _DOWN as exc:
-            self._went_down(exc)
-            raise self._unavailable() from exc
+        key_id = await self._call("GET", self.keys.by_hash(digest))
+        return await self.get_key(key_id.decode()) if key_id else None
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
-        try:
-            raw, last_used = await self._client.hmget(
-                self.keys.tagged(key_id, "meta"), ["record", "last_used_at"]
-            )
-        except _DOWN as exc:
-            self._went_down(exc)
-            raise self._unavailable() from exc
+        raw, last_used = await self._call(
+            "HMGET", self.keys.tagged(key_id, "meta"), "record", "last_used_at"
+        )
         if raw is None:
             return None
         record = KeyRecord.model_validate_json(raw)
@@ -204,39 +200,33 @@ class RedisStore:
 
     async def last_used(self, key_id: str) -> datetime | None:
         try:
-            value = await self._client.hget(self.keys.tagged(key_id, "meta"), "last_used_at")
+            value = await self._redis.execute(
+                "HGET", self.keys.tagged(key_id, "meta"), "last_used_at"
+            )
         except _DOWN:
             return None
         return datetime.fromtimestamp(int(value), UTC) if value else None
 
     async def list_keys(self, limit: int, after: str | None) -> tuple[list[KeyRecord], bool]:
-        try:
-            start = 0
-            if after is not None:
-                rank = await self._client.zrank(self.keys.index, after)
-                if rank is None:
-                    return [], False
-                start = rank + 1
-            ids = await self._client.zrange(self.keys.index, start, start + limit)
-        except _DOWN as exc:
-            self._went_down(exc)
-            raise self._unavailable() from exc
+        start = 0
+        if after is not None:
+            rank = await self._call("ZRANK", self.keys.index, after)
+            if rank is None:
+                return [], False
+            start = rank + 1
+        ids = await self._call("ZRANGE", self.keys.index, start, start + limit)
         records = [await self.get_key(i.decode()) for i in ids[:limit]]
         return [r for r in records if r is not None], len(ids) > limit
 
     async def put_key(self, record: KeyRecord, digest: str | None = None) -> None:
         stored = record.model_copy(update={"last_used_at": None}).model_dump_json()
-        try:
-            # Record first, then the ways to find it: a crash between leaves no dangling id.
-            await self._client.hset(self.keys.tagged(record.id, "meta"), "record", stored)
-            if digest is not None:
-                await self._client.set(self.keys.by_hash(digest), record.id)
-                await self._client.zadd(
-                    self.keys.index, {record.id: record.created_at.timestamp()}, nx=True
-                )
-        except _DOWN as exc:
-            self._went_down(exc)
-            raise self._unavailable() from exc
+        # Record first, then the ways to find it: a crash between leaves no dangling id.
+        await self._call("HSET", self.keys.tagged(record.id, "meta"), "record", stored)
+        if digest is not None:
+            await self._call("SET", self.keys.by_hash(digest), record.id)
+            await self._call(
+                "ZADD", self.keys.index, "NX", record.created_at.timestamp(), record.id
+            )
 
     # ------------------------------------------------------------ limits
 
@@ -246,9 +236,10 @@ class RedisStore:
         limits = admission.key.limits
         period = budget_period(limits)
         try:
-            answer = await self._admit(
-                keys=self.keys.admit_keys(admission.key.id),
-                args=[
+            answer = await self._redis.evalsha(
+                self._admit,
+                self.keys.admit_keys(admission.key.id),
+                [
                     limits.rpm or 0,
                     limits.tpm or 0,
                     limits.max_parallel or 0,
@@ -298,8 +289,8 @@ class RedisStore:
             self._buffer.append((grant.key_id, usage))
             return
         try:
-            await self._settle(
-                keys=self.keys.settle_keys(grant.key_id), args=_settle_args(grant, usage)
+            await self._redis.evalsha(
+                self._settle, self.keys.settle_keys(grant.key_id), _settle_args(grant, usage)
             )
         except _DOWN as exc:
             self._went_down(exc)
@@ -317,31 +308,30 @@ class RedisStore:
         if not by_key or self.degraded:
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key_id, tickets in by_key.items():
-                    await self._renew(
-                        keys=[self.keys.tagged(key_id, "lease")],
-                        args=[self._lease_ttl, *tickets],
-                        client=pipe,
+            await asyncio.gather(
+                *(
+                    self._redis.evalsha(
+                        self._renew,
+                        [self.keys.tagged(key_id, "lease")],
+                        [self._lease_ttl, *tickets],
                     )
-                await pipe.execute()
+                    for key_id, tickets in by_key.items()
+                )
+            )
         except _DOWN as exc:
             self._went_down(exc)
 
     async def in_flight(self, key_id: str) -> int:
-        now_ms = (await self._client.time())[0] * 1000
-        return await self._client.zcount(self.keys.tagged(key_id, "lease"), now_ms, "+inf")
+        seconds, micros = await self._call("TIME")
+        now_ms = int(seconds) * 1000 + int(micros) // 1000
+        return await self._call("ZCOUNT", self.keys.tagged(key_id, "lease"), now_ms, "+inf")
 
     # ------------------------------------------------------------ usage
 
     async def usage(self, key_id: str) -> UsageDoc:
-        try:
-            flat = await self._client.hgetall(self.keys.tagged(key_id, "usage"))
-        except _DOWN as exc:
-            self._went_down(exc)
-            raise self._unavailable() from exc
+        flat = await self._call("HGETALL", self.keys.tagged(key_id, "usage"))
         rows: dict[tuple[str, str], list[float]] = {}
-        for field, value in flat.items():
+        for field, value in zip(flat[::2], flat[1::2], strict=True):
             day, rest = field.decode().split("|", 1)
             model, counter = rest.rsplit("|", 1)
             row = rows.setdefault((day, model), [0, 0, 0, 0.0, 0])

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
+import time
 from dataclasses import dataclass
+from typing import TextIO
 
 access_log = logging.getLogger("gateway.access")
 
@@ -51,3 +54,58 @@ class AccessRecord:
         if self.ttft_ms is not None:
             parts.append(f"ttft_ms={self.ttft_ms:.1f}")
         return " ".join(parts)
+
+
+class AccessLog:
+    """The access log, written in batches: one write a flush instead of one a request.
+
+    Lines look like the ``logging`` lines beside them (``<time> INFO
+    gateway.access ...``); whether they are written follows the level of the
+    ``gateway.access`` logger when the app starts.
+    """
+
+    FLUSH_SECONDS = 0.1
+    MAX_BUFFERED = 2_000
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.enabled = access_log.isEnabledFor(logging.INFO)
+        self._stream = stream
+        self._lines: list[str] = []
+        self._second = -1
+        self._stamp = ""
+        self._task: asyncio.Task[None] | None = None
+
+    def write(self, line: str) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        millis = int((now - second) * 1000)
+        self._lines.append(f"{self._stamp},{millis:03d} INFO gateway.access {line}\n")
+        if len(self._lines) >= self.MAX_BUFFERED:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._lines:
+            stream = self._stream or sys.stderr
+            stream.write("".join(self._lines))
+            stream.flush()
+            self._lines.clear()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.FLUSH_SECONDS)
+            self.flush()
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.create_task(self._flush_forever(), name="gateway-access-log")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.flush()
