@@ -138,7 +138,6 @@ async def _stream_chat(
             done_frame=_DONE,
             on_close=on_close,
             headers=headers,
-            drain_seconds=server.drain_seconds,
             commit_after=server.stream_commit_seconds,
             keepalive=server.keepalive_seconds,
         )
