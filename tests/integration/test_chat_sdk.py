@@ -367,3 +367,40 @@ async def test_fifty_concurrent_streams_complete_intact(aclient: openai.AsyncOpe
     results = await asyncio.gather(*(one(i) for i in range(50)))
     assert all(text == expected for text, expected in results)
     assert len({text for text, _ in results}) > 40  # distinct prompts, distinct answers
+
+
+# ---------------------------------------------------------------- the access log
+
+
+def test_one_access_log_line_per_request_without_secrets(gateway: ServerProcess) -> None:
+    prompt = "my very private prompt about zebras"
+    r = httpx.post(
+        f"{gateway.url}/v1/chat/completions",
+        json={"model": "up-chat", "messages": [{"role": "user", "content": prompt}]},
+        headers={"authorization": f"Bearer {TEST_KEY}", "x-request-id": "log-line-check-1"},
+    )
+    assert r.status_code == 200
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        lines = [line for line in gateway.logs().splitlines() if "request_id=log-line-check-1" in line]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 1, lines
+    line = lines[0]
+    for part in (
+        "gateway.access",
+        "status=200",
+        "key=tests",
+        "model=up-chat",
+        "served_by=upstream/mock-chat",
+        "input_tokens=",
+        "output_tokens=12",
+        "latency_ms=",
+        "ttft_ms=",
+    ):
+        assert part in line, (part, line)
+    logs = gateway.logs()
+    assert prompt not in logs
+    assert TEST_KEY not in logs
+    assert "sk-upstream-secret" not in logs
