@@ -97,7 +97,13 @@ class RedisStore:
         self._recovery: asyncio.Task[None] | None = None
 
     async def _call(self, *args: object) -> object:
-        """One command, with loss of Redis noticed (and a 503 for the caller)."""
+        """One command, with loss of Redis noticed (and a 503 for the caller).
+
+        While Redis is known to be down, callers get the 503 at once instead of
+        each waiting out a timeout; the recovery task is what tries again.
+        """
+        if self.degraded:
+            raise self._unavailable()
         try:
             return await self._redis.execute(*args)
         except _DOWN as exc:
