@@ -34,7 +34,7 @@ from gateway.limits.base import (
 )
 from gateway.limits.keys import KeyRecord
 from gateway.limits.local import LocalLimiter
-from gateway.limits.resp import RedisConnection, RedisDown, Script
+from gateway.limits.resp import RedisConnection, RedisDown, ReplyError, Script
 from gateway.limits.usage import COUNTERS, usage_doc
 from gateway.schemas.admin import UsageDoc
 
@@ -124,7 +124,7 @@ class RedisStore:
         if self._buffer:
             try:
                 await self._flush_buffer()
-            except _DOWN:
+            except (*_DOWN, ReplyError):
                 log.error("redis unreachable at shutdown: %d usage records lost", len(self._buffer))
         await self._redis.aclose()
 
@@ -158,7 +158,9 @@ class RedisStore:
             try:
                 await self._redis.execute("PING")
                 await self._flush_buffer()
-            except _DOWN:
+            except (*_DOWN, ReplyError) as exc:
+                # Reachable but refusing (OOM, LOADING, ...) is still down: keep trying.
+                log.debug("redis not back yet: %s", exc)
                 continue
             down_for = asyncio.get_running_loop().time() - (self._down_since or 0)
             self._down_since = None
@@ -170,7 +172,7 @@ class RedisStore:
             batch = [self._buffer.popleft() for _ in range(min(500, len(self._buffer)))]
             try:
                 # Concurrent calls share the connection: one pipelined round trip.
-                await asyncio.gather(
+                results = await asyncio.gather(
                     *(
                         self._redis.evalsha(
                             self._settle,
@@ -178,13 +180,22 @@ class RedisStore:
                             _settle_args(Grant(key_id=key_id, request_id=""), usage),
                         )
                         for key_id, usage in batch
-                    )
+                    ),
+                    return_exceptions=True,
                 )
             except BaseException:
-                # Settling twice would count twice; a partial batch is not retried as a
-                # whole. Scripts are atomic, so what did not run can run again.
+                # Cancelled while waiting: which calls ran is unknown; keep them all.
                 self._buffer.extendleft(reversed(batch))
                 raise
+            # Settling twice would count twice: only the calls that failed go back.
+            failed = [
+                (item, result)
+                for item, result in zip(batch, results, strict=True)
+                if isinstance(result, BaseException)
+            ]
+            if failed:
+                self._buffer.extendleft(reversed([item for item, _ in failed]))
+                raise failed[0][1]
 
     # ------------------------------------------------------------ keys
 
@@ -257,7 +268,7 @@ class RedisStore:
                     period,
                 ],
             )
-        except _DOWN as exc:
+        except (*_DOWN, ReplyError) as exc:  # refusing writes (OOM, ...) is down too
             self._went_down(exc)
             return self._admit_locally(admission)
         refused, retry_ms, used_req, req_reset, used_tok, tok_reset, bucket = answer
@@ -298,7 +309,7 @@ class RedisStore:
             await self._redis.evalsha(
                 self._settle, self.keys.settle_keys(grant.key_id), _settle_args(grant, usage)
             )
-        except _DOWN as exc:
+        except (*_DOWN, ReplyError) as exc:
             self._went_down(exc)
             # The lease expires by itself; the usage must not be lost.
             self._buffer.append((grant.key_id, usage))
@@ -330,7 +341,8 @@ class RedisStore:
     async def in_flight(self, key_id: str) -> int:
         seconds, micros = await self._call("TIME")
         now_ms = int(seconds) * 1000 + int(micros) // 1000
-        return await self._call("ZCOUNT", self.keys.tagged(key_id, "lease"), now_ms, "+inf")
+        # Exclusive: a lease expiring this very millisecond is gone, as in the scripts.
+        return await self._call("ZCOUNT", self.keys.tagged(key_id, "lease"), f"({now_ms}", "+inf")
 
     # ------------------------------------------------------------ usage
 

@@ -112,37 +112,47 @@ class RedisConnection:
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.timeout):
-                _, protocol = await loop.create_connection(
-                    _Protocol, self._host, self._port, ssl=self._ssl
-                )
-        except (OSError, TimeoutError) as exc:
-            raise RedisDown(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
         hello: list[tuple[object, ...]] = []
         if self._password is not None:
             auth = (self._username, self._password) if self._username else (self._password,)
             hello.append(("AUTH", *auth))
         if self._db:
             hello.append(("SELECT", self._db))
-        for command in hello:
-            await self._send(protocol, command)
+        protocol: _Protocol | None = None
+        try:
+            # The handshake is bounded as a whole: a hung Redis still accepts connections.
+            async with asyncio.timeout(self.timeout):
+                _, protocol = await loop.create_connection(
+                    _Protocol, self._host, self._port, ssl=self._ssl
+                )
+                for command in hello:
+                    await self._send(protocol, command)
+        except (OSError, TimeoutError) as exc:
+            if protocol is not None:
+                protocol.fail(RedisDown("handshake with Redis failed"))
+            raise RedisDown(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
+        except BaseException:
+            if protocol is not None:
+                protocol.fail(RedisDown("handshake with Redis failed"))
+            raise
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.create_task(self._watch(), name="gateway-redis-watchdog")
         return protocol
+
+    def _connected(self, future: asyncio.Future[_Protocol]) -> None:
+        self._connecting = None
+        if not future.cancelled() and future.exception() is None:
+            self._protocol = future.result()
 
     async def _ready(self) -> _Protocol:
         protocol = self._protocol
         if protocol is not None and not protocol.lost:
             return protocol
-        # One reconnect at a time; concurrent callers wait for it.
+        # One reconnect at a time, shared: a caller that is cancelled stops waiting for
+        # it, but does not cancel it for the others.
         if self._connecting is None:
             self._connecting = asyncio.ensure_future(self._connect())
-            try:
-                self._protocol = await self._connecting
-            finally:
-                self._connecting = None
-            return self._protocol
+            self._connecting.add_done_callback(self._connected)
         return await asyncio.shield(self._connecting)
 
     async def _send(self, protocol: _Protocol, args: tuple[object, ...]) -> object:

@@ -1,0 +1,382 @@
+"""One suite, both stores: the embedded and the Redis backend must mean the same thing.
+
+Every test takes the ``store`` fixture, so it runs once per backend (DESIGN §7,
+STYLE convention 12). Costs are binary fractions (0.125, 0.25, ...), so budget
+arithmetic is exact in both backends and a boundary can be probed precisely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Limits
+from gateway.errors import QuotaExceeded, RateLimited, TooManyInFlight
+from gateway.limits.base import Grant, Store, today
+from gateway.limits.embedded import EmbeddedStore
+from gateway.limits.keys import KeyRecord, hash_key
+from gateway.schemas.admin import UsageCounters
+from tests.limits.support import LEASE_TTL_MS, admission, event, make_key, with_limits
+
+TTL = LEASE_TTL_MS / 1000
+
+
+async def registered(store: Store, limits: Limits | None = None, **kw: object) -> KeyRecord:
+    key = make_key(limits, **kw)
+    await store.put_key(key, hash_key(f"sk-secret-{key.id}"))
+    return key
+
+
+# ---------------------------------------------------------------- rpm
+
+
+async def test_rpm_admits_exactly_n_then_refuses_with_retry_after(store: Store) -> None:
+    n = 5
+    key = await registered(store, Limits(rpm=n))
+    for i in range(n):
+        grant = await store.admit(admission(key))
+        assert grant.headers["x-ratelimit-limit-requests"] == str(n)
+        assert grant.headers["x-ratelimit-remaining-requests"] == str(n - i - 1)
+
+    for _ in range(3):
+        with pytest.raises(RateLimited) as refused:
+            await store.admit(admission(key))
+        error = refused.value
+        assert type(error) is RateLimited
+        assert error.code == "rate_limit_exceeded"
+        assert error.status == 429
+        assert 1 <= error.retry_after <= 60
+        assert error.headers["x-ratelimit-limit-requests"] == str(n)
+        assert error.headers["x-ratelimit-remaining-requests"] == "0"
+        assert 1 <= int(error.response_headers()["retry-after"]) <= 60
+
+    # The refusals took nothing: with room for 3 more, exactly 3 more pass.
+    wider = with_limits(key, Limits(rpm=n + 3))
+    for i in range(3):
+        grant = await store.admit(admission(wider))
+        assert grant.headers["x-ratelimit-remaining-requests"] == str(2 - i)
+    with pytest.raises(RateLimited):
+        await store.admit(admission(wider))
+
+
+async def test_rpm_is_exact_under_200_concurrent_admits(store: Store) -> None:
+    key = await registered(store, Limits(rpm=50))
+    results = await asyncio.gather(
+        *(store.admit(admission(key)) for _ in range(200)), return_exceptions=True
+    )
+    grants = [r for r in results if isinstance(r, Grant)]
+    refused = [r for r in results if not isinstance(r, Grant)]
+    assert len(grants) == 50
+    assert all(type(r) is RateLimited for r in refused), {type(r) for r in refused}
+    assert not any(g.local for g in grants)  # the shared limiter decided, not a fallback
+    assert await store.status() == "ok"
+
+
+# ---------------------------------------------------------------- tpm
+
+
+async def test_tpm_reservation_larger_than_the_limit_is_a_quota_error(store: Store) -> None:
+    key = await registered(store, Limits(tpm=1000))
+    with pytest.raises(QuotaExceeded) as refused:
+        await store.admit(admission(key, tokens=1001))
+    assert refused.value.code == "insufficient_quota"
+    assert refused.value.response_headers()["x-should-retry"] == "false"
+    # Nothing was reserved by the refusal: the whole limit is still there.
+    grant = await store.admit(admission(key, tokens=1000))
+    assert grant.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+async def test_tpm_reservations_and_settle_give_back_the_difference(store: Store) -> None:
+    key = await registered(store, Limits(tpm=1000))
+    first = await store.admit(admission(key, tokens=600))
+    assert first.headers["x-ratelimit-limit-tokens"] == "1000"
+    assert first.headers["x-ratelimit-remaining-tokens"] == "400"
+
+    with pytest.raises(RateLimited) as refused:
+        await store.admit(admission(key, tokens=600))
+    error = refused.value
+    assert type(error) is RateLimited
+    assert error.code == "rate_limit_exceeded"
+    assert 1 <= error.retry_after <= 60
+    assert "retry-after" in error.response_headers()
+    assert error.headers["x-ratelimit-remaining-tokens"] == "400"
+
+    # The first request used 100 of its 600: 500 come back, and 600 fit again.
+    await store.settle(first, event(input_tokens=30, output_tokens=70))
+    second = await store.admit(admission(key, tokens=600))
+    assert second.headers["x-ratelimit-remaining-tokens"] == "300"
+    with pytest.raises(RateLimited):
+        await store.admit(admission(key, tokens=301))
+    third = await store.admit(admission(key, tokens=300))
+    assert third.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+# ---------------------------------------------------------------- max_parallel
+
+
+async def test_max_parallel_refuses_the_third_and_settle_frees_a_slot(store: Store) -> None:
+    key = await registered(store, Limits(max_parallel=2))
+    first = await store.admit(admission(key))
+    await store.admit(admission(key))
+    assert await store.in_flight(key.id) == 2
+
+    with pytest.raises(TooManyInFlight) as refused:
+        await store.admit(admission(key))
+    assert refused.value.code == "max_parallel_exceeded"
+    assert refused.value.status == 429
+    assert await store.in_flight(key.id) == 2  # the refusal took no lease
+
+    await store.settle(first, event())
+    assert await store.in_flight(key.id) == 1
+    await store.admit(admission(key))
+    assert await store.in_flight(key.id) == 2
+
+
+async def test_an_unsettled_lease_expires_by_itself(store: Store) -> None:
+    key = await registered(store, Limits(max_parallel=1))
+    await store.admit(admission(key))
+    with pytest.raises(TooManyInFlight):
+        await store.admit(admission(key))
+    await asyncio.sleep(TTL + 0.25)
+    await store.admit(admission(key))  # the abandoned lease is gone: the slot is free
+
+
+async def test_in_flight_stops_counting_a_lease_the_moment_it_expires(store: Store) -> None:
+    # Expiry is to the millisecond. The lease is taken 100 ms into a wall-clock second
+    # and counted 250 ms after it expired, still inside the second it expired in, so a
+    # count that rounded its clock down to whole seconds would still see it.
+    key = await registered(store, Limits(max_parallel=3))
+    await _at_fraction_of_second(0.1)
+    await store.admit(admission(key))
+    assert await store.in_flight(key.id) == 1
+    await asyncio.sleep(TTL + 0.25)
+    assert time.time() % 1 < 0.95, "the test machine is too slow to place this check"
+    assert await store.in_flight(key.id) == 0
+
+
+async def test_renew_keeps_a_lease_alive_past_its_ttl(store: Store) -> None:
+    key = await registered(store, Limits(max_parallel=1))
+    grant = await store.admit(admission(key))
+    started = time.monotonic()
+    for _ in range(3):
+        await asyncio.sleep(TTL * 0.6)
+        await store.renew([grant])
+    assert time.monotonic() - started > TTL * 1.5
+    assert await store.in_flight(key.id) == 1
+    with pytest.raises(TooManyInFlight):
+        await store.admit(admission(key))
+
+    await store.settle(grant, event())
+    await store.renew([grant])  # renewing a released lease does not bring it back
+    assert await store.in_flight(key.id) == 0
+    await store.admit(admission(key))
+
+
+# ---------------------------------------------------------------- budget
+
+
+async def test_budget_reserves_then_counts_the_actual_cost(store: Store) -> None:
+    key = await registered(store, Limits(budget_usd=1.0, budget_period="day"))
+    first = await store.admit(admission(key, cost=0.5))
+    second = await store.admit(admission(key, cost=0.5))
+    with pytest.raises(QuotaExceeded) as refused:
+        await store.admit(admission(key, cost=0.0625))
+    assert refused.value.code == "insufficient_quota"
+    assert refused.value.response_headers()["x-should-retry"] == "false"
+
+    await store.settle(first, event(cost=0.125))
+    await store.settle(second, event(cost=0.125))
+    # Spent 0.25, not the 1.0 reserved: 0.75 fits exactly, a little more does not.
+    with pytest.raises(QuotaExceeded):
+        await store.admit(admission(key, cost=0.8125))
+    third = await store.admit(admission(key, cost=0.75))
+    with pytest.raises(QuotaExceeded):  # spent + reserved = the whole budget
+        await store.admit(admission(key, cost=0.0625))
+    await store.settle(third, event(cost=0.0))
+    await store.admit(admission(key, cost=0.75))
+
+    assert (await store.usage(key.id)).cost_usd == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("period", ["day", "month", "total"])
+async def test_costs_count_toward_a_budget_the_key_gets_later(store: Store, period: str) -> None:
+    key = await registered(store)  # no budget yet
+    grant = await store.admit(admission(key, cost=0.5))
+    assert grant.period == ""  # nothing to reserve against
+    await store.settle(grant, event(cost=0.375))
+
+    budgeted = with_limits(key, Limits(budget_usd=1.0, budget_period=period))
+    await store.put_key(budgeted)
+    key = await store.get_key(key.id)
+    assert key is not None
+    assert key.limits.budget_usd == 1.0
+
+    with pytest.raises(QuotaExceeded):
+        await store.admit(admission(key, cost=0.6875))  # 0.375 + 0.6875 > 1
+    await store.admit(admission(key, cost=0.625))  # 0.375 + 0.625 = 1
+
+
+# ---------------------------------------------------------------- usage
+
+
+USAGE_EVENTS = [
+    # model, day, input, output, cost, error
+    ("model-a", "2025-03-01", 100, 20, 0.25, False),
+    ("model-a", "2025-03-01", 7, 0, 0.0, True),
+    ("model-b", "2025-03-01", 50, 50, 0.125, False),
+    ("model-a", "2025-03-02", 1000, 333, 0.001, False),
+    ("model-b", "2025-03-02", 1, 2, 0.0003, False),
+    ("model-b", "2025-03-02", 0, 0, 0.0, True),
+]
+
+
+def _expected(rows: list[tuple]) -> UsageCounters:
+    return UsageCounters(
+        requests=len(rows),
+        input_tokens=sum(r[2] for r in rows),
+        output_tokens=sum(r[3] for r in rows),
+        cost_usd=sum(r[4] for r in rows),
+        errors=sum(1 for r in rows if r[5]),
+    )
+
+
+def _assert_counters(actual: UsageCounters, expected: UsageCounters) -> None:
+    assert (actual.requests, actual.input_tokens, actual.output_tokens, actual.errors) == (
+        expected.requests,
+        expected.input_tokens,
+        expected.output_tokens,
+        expected.errors,
+    )
+    assert actual.cost_usd == pytest.approx(expected.cost_usd, rel=1e-9, abs=1e-12)
+
+
+async def test_usage_per_key_model_and_day(store: Store) -> None:
+    key = await registered(store, Limits(rpm=100, tpm=100_000, max_parallel=10))
+    other = await registered(store)
+    for model, day, inp, out, cost, error in USAGE_EVENTS:
+        grant = await store.admit(admission(key, tokens=2000, cost=cost))
+        await store.settle(grant, event(model, inp, out, cost, error=error, day=day))
+    await store.settle(await store.admit(admission(other)), event("model-a", 5, 5, 1.0))
+
+    doc = await store.usage(key.id)
+    assert doc.key_id == key.id
+    _assert_counters(doc, _expected(USAGE_EVENTS))
+
+    assert [m.model for m in doc.by_model] == ["model-a", "model-b"]
+    for row in doc.by_model:
+        _assert_counters(row, _expected([e for e in USAGE_EVENTS if e[0] == row.model]))
+    assert [d.day for d in doc.by_day] == ["2025-03-01", "2025-03-02"]
+    for row in doc.by_day:
+        _assert_counters(row, _expected([e for e in USAGE_EVENTS if e[1] == row.day]))
+
+    assert (await store.usage(other.id)).requests == 1
+    empty = await store.usage("key_never_used")
+    assert (empty.requests, empty.by_model, empty.by_day) == (0, [], [])
+
+
+# ---------------------------------------------------------------- keys
+
+
+async def test_keys_put_get_by_hash_and_pages(store: Store) -> None:
+    base = datetime(2025, 1, 1, tzinfo=UTC)
+    keys = [
+        make_key(Limits(rpm=i + 1), name=f"key {i}", created_at=base + timedelta(seconds=i))
+        for i in range(5)
+    ]
+    for key in reversed(keys):  # stored out of order; listed by creation
+        await store.put_key(key, hash_key(f"sk-secret-{key.id}"))
+
+    assert await store.get_key(keys[2].id) == keys[2]
+    assert await store.key_by_hash(hash_key(f"sk-secret-{keys[3].id}")) == keys[3]
+    assert await store.key_by_hash(hash_key("sk-nobody")) is None
+    assert await store.get_key("key_missing") is None
+
+    ids = [k.id for k in keys]
+    page, more = await store.list_keys(2, None)
+    assert ([k.id for k in page], more) == (ids[0:2], True)
+    page, more = await store.list_keys(2, ids[1])
+    assert ([k.id for k in page], more) == (ids[2:4], True)
+    page, more = await store.list_keys(2, ids[3])
+    assert ([k.id for k in page], more) == (ids[4:], False)
+    page, more = await store.list_keys(5, None)
+    assert ([k.id for k in page], more) == (ids, False)
+    assert page == keys
+    page, more = await store.list_keys(2, ids[4])
+    assert (page, more) == ([], False)
+
+    # An update without a digest changes the record; the key's hash still finds it.
+    renamed = keys[1].model_copy(update={"name": "renamed", "limits": Limits(tpm=77)})
+    await store.put_key(renamed)
+    assert await store.get_key(keys[1].id) == renamed
+    assert await store.key_by_hash(hash_key(f"sk-secret-{keys[1].id}")) == renamed
+    page, _ = await store.list_keys(10, None)
+    assert [k.id for k in page] == ids
+
+
+async def test_last_used_is_set_by_settle(store: Store) -> None:
+    key = await registered(store, Limits(rpm=10))
+    assert await store.last_used(key.id) is None
+    fetched = await store.get_key(key.id)
+    assert fetched is not None
+    assert fetched.last_used_at is None
+
+    before = datetime.now(UTC)
+    await store.settle(await store.admit(admission(key)), event())
+    after = datetime.now(UTC)
+    used = await store.last_used(key.id)
+    assert used is not None
+    assert before - timedelta(seconds=1) <= used <= after + timedelta(seconds=1)
+    fetched = await store.get_key(key.id)
+    assert fetched is not None
+    assert fetched.last_used_at == used
+
+    # Updating the record keeps the key's last use.
+    await store.put_key(key.model_copy(update={"name": "renamed"}))
+    fetched = await store.get_key(key.id)
+    assert fetched is not None
+    assert fetched.name == "renamed"
+    assert fetched.last_used_at == used
+
+
+# ---------------------------------------------------------------- embedded only
+
+
+async def test_embedded_restart_keeps_keys_usage_and_spend(tmp_path: Path) -> None:
+    key = make_key(Limits(budget_usd=1.0, budget_period="day"))
+    digest = hash_key("sk-secret-restart")
+    first = EmbeddedStore(tmp_path, lease_ttl_ms=LEASE_TTL_MS)
+    await first.start()
+    await first.put_key(key, digest)
+    grant = await first.admit(admission(key, cost=0.5))
+    await first.settle(grant, event("model-a", 10, 20, 0.75, day=today()))
+    await first.aclose()  # usage is written on close, not only on the next flush
+
+    second = EmbeddedStore(tmp_path, lease_ttl_ms=LEASE_TTL_MS)
+    await second.start()
+    try:
+        assert await second.get_key(key.id) is not None
+        assert (await second.key_by_hash(digest)).id == key.id
+        doc = await second.usage(key.id)
+        assert (doc.requests, doc.input_tokens, doc.output_tokens) == (1, 10, 20)
+        assert doc.cost_usd == pytest.approx(0.75)
+        assert await second.last_used(key.id) is not None
+
+        # 0.75 spent today, this month and in total, whichever budget the key has now.
+        for period in ("day", "month", "total"):
+            budgeted = with_limits(key, Limits(budget_usd=1.0, budget_period=period))
+            with pytest.raises(QuotaExceeded):
+                await second.admit(admission(budgeted, cost=0.375))
+            held = await second.admit(admission(budgeted, cost=0.25))
+            await second.settle(held, event(cost=0.0))
+    finally:
+        await second.aclose()
+
+
+async def _at_fraction_of_second(fraction: float) -> None:
+    """Wait until the wall clock is ``fraction`` of a second past a whole second."""
+    wait = (fraction - time.time() % 1) % 1
+    await asyncio.sleep(wait)
