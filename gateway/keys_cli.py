@@ -31,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--url", default=None, help="gateway URL (default: $GATEWAY_URL or http://127.0.0.1:8080)"
     )
     actions = keys.add_subparsers(dest="action", required=True)
+    # ``--url`` is also accepted after the action; SUPPRESS keeps one given before it.
+    url_after = argparse.ArgumentParser(add_help=False)
+    url_after.add_argument("--url", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, help=help, parents=[url_after])
 
     def key_fields(p: argparse.ArgumentParser, *, creating: bool) -> None:
         p.add_argument("--name", required=creating)
@@ -49,18 +55,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--expires-at", dest="expires_at", help="RFC 3339 time, or 'none'")
         p.add_argument("--metadata", help="a JSON object")
 
-    key_fields(
-        actions.add_parser("create", help="create a key; its secret is printed once"), creating=True
-    )
-    lister = actions.add_parser("list", help="list keys")
+    key_fields(action("create", "create a key; its secret is printed once"), creating=True)
+    lister = action("list", "list keys")
     lister.add_argument("--limit", type=int, default=100)
     lister.add_argument("--after")
-    actions.add_parser("show", help="show one key").add_argument("id")
-    update = actions.add_parser("update", help="change a key (a limit of 'none' removes it)")
+    action("show", "show one key").add_argument("id")
+    update = action("update", "change a key (a limit of 'none' removes it)")
     update.add_argument("id")
     key_fields(update, creating=False)
-    actions.add_parser("revoke", help="revoke a key (its record and usage stay)").add_argument("id")
-    usage = actions.add_parser("usage", help="usage of one key, or of all")
+    action("revoke", "revoke a key (its record and usage stay)").add_argument("id")
+    usage = action("usage", "usage of one key, or of all")
     usage.add_argument("id", nargs="?")
     keys.set_defaults(func=run)
 

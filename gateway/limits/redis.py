@@ -133,6 +133,12 @@ class RedisStore:
         return self._down_since is not None
 
     async def status(self) -> str:
+        if not self.degraded:
+            # Readiness means "store reachable": probe, so an idle instance notices too.
+            try:
+                await self._redis.execute("PING")
+            except _DOWN as exc:
+                self._went_down(exc)
         if self.degraded:
             return "degraded" if self.fail_open else "unavailable"
         return "ok"
