@@ -382,7 +382,9 @@ def test_one_access_log_line_per_request_without_secrets(gateway: ServerProcess)
     assert r.status_code == 200
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
-        lines = [line for line in gateway.logs().splitlines() if "request_id=log-line-check-1" in line]
+        lines = [
+            line for line in gateway.logs().splitlines() if "request_id=log-line-check-1" in line
+        ]
         if lines:
             break
         time.sleep(0.05)
