@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup lint format bench
+.PHONY: run test setup lint format bench bench-quick
 
 $(BIN)/gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,16 @@ lint: setup
 
 format: setup
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+# The benchmark (bench/run.py, figures in bench/RESULTS.md): the full run with
+# LiteLLM's proxy beside the gateway (installed into bench/.peers on first use;
+# a peer that cannot be installed or started is reported and the run goes on),
+# and the quick regression check against bench/baseline.json.
+bench: setup
+	bash bench/setup.sh
+	-bash bench/peers/litellm.sh
+	$(BIN)/python bench/run.py --peer litellm
+
+bench-quick: setup
+	bash bench/setup.sh
+	$(BIN)/python bench/run.py --quick

@@ -37,13 +37,8 @@ async def get_gatekeeper(request: Request) -> Gatekeeper:
     return request.state.resources.gatekeeper
 
 
-async def get_access(request: Request) -> AccessRecord:
-    return request.scope["gateway.access"]
-
-
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 GatekeeperDep = Annotated[Gatekeeper, Depends(get_gatekeeper)]
-AccessDep = Annotated[AccessRecord, Depends(get_access)]
 
 
 def presented_key(request: Request) -> str:
