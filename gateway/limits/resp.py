@@ -47,10 +47,13 @@ class Script:
 def _encode(args: tuple[object, ...]) -> bytes:
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
+        kind = arg.__class__
+        if kind is str:
+            data = arg.encode()  # type: ignore[attr-defined]
+        elif kind is int:
+            data = b"%d" % arg
+        elif kind is bytes:
+            data = arg  # type: ignore[assignment]
         else:
             data = str(arg).encode()
         parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
