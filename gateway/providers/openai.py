@@ -138,7 +138,10 @@ class OpenAIProvider:
                 idle=ctx.timeouts.idle,
                 deadline=deadline,
             )
-            yield _Chunks(events, self._secret)
+            try:
+                yield _Chunks(events, self._secret)
+            finally:
+                events.close()
         finally:
             await response.aclose()
 

@@ -115,6 +115,13 @@ class SSEStream:
     def __aiter__(self) -> SSEStream:
         return self
 
+    def close(self) -> None:
+        """Stop watching: a timer left armed would keep the stream alive until it fires."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._reader = None
+
     def _expiry(self) -> tuple[float, str]:
         limit = self._idle if self._started else self._first
         expiry = self._read_started + limit
@@ -169,6 +176,7 @@ class SSEStream:
                 self._reader.uncancel()  # our own timer, not the caller, cancelled it
                 raise UpstreamTimeout(f"the upstream timed out waiting for {phase}") from None
             except StopAsyncIteration:
+                self.close()
                 pending.extend(self._decoder.close())
                 if not pending:
                     raise

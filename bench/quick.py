@@ -1,0 +1,152 @@
+"""Quick mode's verdict: the median gateway CPU per request and per chunk against the baseline.
+
+More than REGRESSION worse than bench/baseline.json exits 2 naming the figure. The
+calibration workload and the ceiling (one run) say how fast the machine was; the verdict
+is on the raw figures.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from common import BENCH, GATEWAY_CPU, OUT, loud, say, shown
+from measure import Run
+from report import machine_lines
+from targets import REFERENCE_CEILING_US, ceiling, scale_factor
+
+BASELINE = BENCH / "baseline.json"
+REGRESSION = 0.10  # a quick-mode median this much worse than the baseline fails
+
+QUICK_FIGURES = {
+    "non-stream c16 CPU µs/request": ("non-stream c16", "cpu_us_req"),
+    "stream 20 c16 CPU µs/chunk": ("stream 20 c16", "cpu_us_chunk"),
+}
+
+
+def _speed(run: Run, baseline: dict) -> tuple[list[str], float | None, float | None]:
+    """Lines on the machine's speed (calibration, ceiling); the calibration's median and
+    how much slower than the baseline's it was."""
+    lines: list[str] = []
+    calibrations = [r.calibration_ms for r in run.of("gateway") if r.calibration_ms]
+    calibration = statistics.median(calibrations) if calibrations else None
+    slower = None
+    if calibrations:
+        text = (
+            f"\nCalibration (a fixed Python workload on CPU {GATEWAY_CPU} before each run, "
+            f"lower is faster): {', '.join(f'{c:.0f}' for c in calibrations)} ms"
+        )
+        base = baseline.get("calibration_ms")
+        if calibration and base:
+            slower = calibration / base - 1
+            text += f"; median {calibration:.0f} ms against the baseline's {base:.0f}"
+            text += f" ({slower:+.0%})"
+        lines.append(text + ".")
+    c, factor = ceiling(run), scale_factor(run)
+    if c and factor:
+        text = (
+            f"\nCeiling (bench/ceiling.py, a FastAPI route answering a fixed body, same load, "
+            f"CPU {GATEWAY_CPU}): {c.cpu_us_req:.0f} µs/request, {c.rps:,.0f} req/s; the "
+            f"reference machine's is {REFERENCE_CEILING_US:.0f} µs, so the scaled figures "
+            f"are measured x {factor:.2f}"
+        )
+        if base := baseline.get("ceiling_us"):
+            text += f"; the baseline's ceiling was {base:.0f} µs ({c.cpu_us_req / base - 1:+.0%})"
+        lines.append(text + ".")
+    return lines, calibration, slower
+
+
+def quick_verdict(
+    run: Run, out: Path | None, update_baseline: bool, took: float, failed: str | None
+) -> int:
+    baseline = json.loads(BASELINE.read_text()) if BASELINE.exists() else None
+    factor = scale_factor(run)
+    medians: dict[str, float] = {}
+    lines = [f"# Quick bench, {run.started}", "", machine_lines(run), ""]
+    lines += [
+        "| figure | runs | median | baseline | change | scaled to the reference |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    regressions = []
+    for name, (scenario, attr) in QUICK_FIGURES.items():
+        values = [
+            v
+            for r in run.of("gateway")
+            if r.scenario == scenario and (v := getattr(r, attr)) is not None
+        ]
+        if not values:
+            continue
+        median = statistics.median(values)
+        medians[name] = round(median, 1)
+        base = (baseline or {}).get("figures", {}).get(name)
+        change = ""
+        if base:
+            delta = median / base - 1
+            change = f"{delta:+.1%}"
+            if delta > REGRESSION:
+                regressions.append(
+                    f"{name}: median {median:.1f} vs baseline {base:.1f} ({delta:+.1%})"
+                )
+        runs = ", ".join(f"{v:.1f}" for v in values)
+        scaled = f"{median * factor:.1f}" if factor else "—"
+        lines.append(f"| {name} | {runs} | {median:.1f} | {base or '—'} | {change} | {scaled} |")
+    speed, calibration, slower = _speed(run, baseline or {})
+    lines += speed
+    busy = [r.other_pct for r in run.of("gateway")]
+    if busy and statistics.median(busy) > 10:
+        noisy = (
+            f"CPU {GATEWAY_CPU} was shared with other processes during the runs "
+            f"(median {statistics.median(busy):.0f}% of it): the figures are noisy"
+        )
+        loud(noisy)
+        lines.append(f"\n**Warning:** {noisy}.")
+    for scenario in dict.fromkeys(f[0] for f in QUICK_FIGURES.values()):
+        direct = run.get(scenario, "direct")
+        gw = [r for r in run.of("gateway") if r.scenario == scenario]
+        if direct and gw:
+            rps = statistics.median(r.rps for r in gw)
+            lines.append(
+                f"\n{scenario}: gateway {rps:,.0f} req/s, direct {direct.rps:,.0f} req/s "
+                f"({rps / direct.rps:.2f}x)"
+            )
+    lines += ["", f"Took {took:.0f} s."]
+    if run.problems:
+        lines += ["", "## Errors", "", *[f"- {e}" for e in run.problems]]
+    text = "\n".join(lines) + "\n"
+    (out or OUT / "quick.md").write_text(text)
+    print(text)
+    if failed or run.problems:
+        loud("the quick bench had errors (see above)")
+        return 1
+    if len(medians) < len(QUICK_FIGURES):
+        loud("the quick bench is missing figures")
+        return 1
+    if update_baseline:
+        c = ceiling(run)
+        data = {
+            "date": run.started,
+            "machine": run.machine,
+            "calibration_ms": calibration,
+            "ceiling_us": round(c.cpu_us_req, 1) if c and c.cpu_us_req else None,
+            "figures": medians,
+        }
+        BASELINE.write_text(json.dumps(data, indent=2) + "\n")
+        say(f"wrote {shown(BASELINE)}")
+        return 0
+    if baseline is None:
+        say("no bench/baseline.json yet: `python bench/run.py --update-baseline` writes one")
+        return 0
+    if baseline.get("machine", {}).get("cpu") != run.machine.get("cpu"):
+        say("note: the baseline was measured on another CPU model; compare with care")
+    if regressions:
+        for r in regressions:
+            loud(f"REGRESSION (> {REGRESSION:.0%} worse than the baseline): {r}")
+        if slower is not None and slower > REGRESSION:
+            say(
+                f"note: the calibration ran {slower:.0%} slower than the baseline's: the machine "
+                "itself was slower; run again on a quiet machine before believing it"
+            )
+        return 2
+    say(f"no regression (every median within {REGRESSION:.0%} of the baseline)")
+    return 0

@@ -1,0 +1,289 @@
+"""The gateway's benchmark: every scenario against the gateway, the upstream directly, a peer.
+
+    python bench/run.py                     # full: all scenarios, writes bench/RESULTS.md
+    python bench/run.py --peer litellm      # ... with LiteLLM's proxy beside it
+    python bench/run.py --peer-cmd 'CMD --port {port}' --peer-name NAME [--peer-key KEY]
+    python bench/run.py --quick             # the regression check, against bench/baseline.json
+    python bench/run.py --quick --update-baseline
+
+What runs (all on 127.0.0.1, all bounded in time, all stopped at the end): the bench's
+own Redis, the lean upstream (bench/upstream.py) and the load generators (wrk with
+bench/wrk/chat.lua; bench/client.py for time to first token and held streams) on CPU 1;
+on CPU 0, in turn, the ceiling (bench/ceiling.py, the cheapest FastAPI route), the
+gateway (`python -m gateway serve`, one uvicorn worker, Redis limits on every request)
+and the peer.
+
+This module is the command line and the order of the run; beside it: scenarios.py (the
+load shapes), procs.py (starting and stopping), measure.py (one load and its cost),
+machine.py (the machine), targets.py (the issue's targets), report.py (RESULTS.md),
+quick.py (quick mode's verdict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import shlex
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from common import BENCH, GATEWAY_CPU, LOAD_CPU, OUT, loud, say, shown
+from machine import calibrate, ensure_tools, machine_info, raise_fd_limit, wait_quiet
+from measure import Run, System, cpu_seconds, record, run_load, warm_up
+from procs import (
+    PEER_SCRIPTS,
+    Popen,
+    Processes,
+    start_ceiling,
+    start_gateway,
+    start_peer,
+    start_redis,
+    start_upstream,
+)
+from quick import quick_verdict
+from report import render
+from scenarios import Scenario, seconds_for, select
+from targets import evaluate, scale_factor
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="The gateway's benchmark.", formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="the regression check (~1 minute)")
+    parser.add_argument(
+        "--update-baseline", action="store_true", help="with --quick: write bench/baseline.json"
+    )
+    parser.add_argument("--runs", type=int, default=3, help="--quick: runs per scenario")
+    parser.add_argument("--out", type=Path, help="default: bench/RESULTS.md, bench/out/quick.md")
+    parser.add_argument("--peer", choices=sorted(PEER_SCRIPTS), help="a known peer gateway")
+    parser.add_argument("--peer-cmd", help="a peer's start command; {port} {upstream} {key}")
+    parser.add_argument("--peer-name", help="the peer's name (with --peer-cmd)")
+    parser.add_argument("--peer-key", help="the key the peer accepts (default: a random one)")
+    parser.add_argument("--peer-note", help="a note for the peer's rows")
+    parser.add_argument("--peer-start-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--only",
+        help="comma-separated scenario ids ('stream 20 c16') or name prefixes ('paced')",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for an idle machine before starting (default: check once)",
+    )
+    args = parser.parse_args(argv)
+    if args.peer_cmd and not args.peer_name:
+        parser.error("--peer-cmd needs --peer-name")
+    if args.peer and args.peer_cmd:
+        parser.error("--peer and --peer-cmd exclude each other")
+    if args.update_baseline:
+        args.quick = True
+    if args.quick and (args.peer or args.peer_cmd):
+        parser.error("--quick runs the gateway against the direct upstream only")
+    return args
+
+
+@contextlib.contextmanager
+def interrupts_as_exceptions() -> Iterator[None]:
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, stop) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def prune_outputs(keep: int = 4) -> None:
+    """bench/out keeps the last few runs (a full run's gateway log is ~40 MB)."""
+    if not OUT.is_dir():
+        return
+    for pattern in ("run-*", "results-*.json"):
+        for old in sorted(OUT.glob(pattern), key=lambda p: p.stat().st_mtime)[:-keep]:
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
+def run_phase(
+    run: Run,
+    system: System,
+    proc: Popen,
+    scenarios: list[Scenario],
+    quick: bool,
+    runs: int = 1,
+    upstream: System | None = None,
+) -> None:
+    """Each scenario against ``upstream`` directly (when given), then ``runs`` times against
+    ``system`` (in quick mode each gateway run is preceded by the calibration workload)."""
+    for scenario in scenarios:
+        seconds = seconds_for(scenario, quick)
+        if upstream is not None and scenario.direct:
+            record(run, run_load(scenario, upstream, seconds))
+        for _ in range(runs):
+            calibration = calibrate() if quick and system.kind == "gateway" else None
+            result = run_load(scenario, system, seconds)
+            result.calibration_ms = calibration
+            record(run, result)
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{system.label} exited with {proc.returncode} during {scenario.id}"
+                )
+
+
+def measure_gateway(
+    run: Run, procs: Processes, args: argparse.Namespace, scenarios: list[Scenario], log_dir: Path
+) -> System:
+    """Redis, the upstream and the gateway; the gateway's scenarios. Returns the upstream."""
+    redis = start_redis(procs, log_dir)
+    say(f"Redis on CPU {LOAD_CPU} (pid {redis[1]}): 127.0.0.1:{redis[0]}")
+    upstream = start_upstream(procs, log_dir)
+    say(f"upstream on CPU {LOAD_CPU}: {upstream.url}")
+    gateway, proc = start_gateway(procs, upstream, log_dir, redis)
+    say(f"gateway on CPU {GATEWAY_CPU} (pid {gateway.pid}): {gateway.url}")
+    run.gateway_log = shown(log_dir / "gateway.log")
+    warm_up(gateway)
+    idle0 = cpu_seconds(gateway.pid)
+    time.sleep(2.0)
+    run.idle_cpu_pct = 100 * (cpu_seconds(gateway.pid) - idle0) / 2.0
+    say(f"gateway idle CPU: {run.idle_cpu_pct:.1f}%")
+    runs = args.runs if args.quick else 1
+    run_phase(run, gateway, proc, scenarios, args.quick, runs, upstream)
+    procs.stop(proc)
+    code = proc.returncode
+    say(f"gateway stopped ({'SIGTERM' if code == -signal.SIGTERM else f'exit {code}'})")
+    return upstream
+
+
+def measure_ceiling(
+    run: Run, procs: Processes, scenarios: list[Scenario], quick: bool, log_dir: Path
+) -> None:
+    """The ceiling's scenario, once: what the cheapest FastAPI route costs on this CPU.
+    A failure is reported and the run goes on (only the scaled figures are missing)."""
+    proc: Popen | None = None
+    try:
+        ceiling, proc = start_ceiling(procs, log_dir)
+        say(f"ceiling on CPU {GATEWAY_CPU} (pid {ceiling.pid}): {ceiling.url}")
+        warm_up(ceiling, stream=False)
+        run_phase(run, ceiling, proc, scenarios, quick)
+    except RuntimeError as exc:
+        loud(f"the ceiling failed; the run goes on without it: {exc}")
+        run.problems.append(f"ceiling: {str(exc).splitlines()[0]}")
+    finally:
+        if proc is not None:
+            procs.stop(proc)
+    factor = scale_factor(run)
+    if factor:
+        say(f"scaled to the reference machine: measured x {factor:.2f}")
+
+
+def measure_peer(
+    run: Run,
+    procs: Processes,
+    args: argparse.Namespace,
+    scenarios: list[Scenario],
+    upstream: System,
+) -> None:
+    started = start_peer(procs, args, upstream, run)
+    if started is None:
+        return
+    peer, proc = started
+    say(f"peer on CPU {GATEWAY_CPU} (pid {peer.pid}): {peer.url}")
+    try:
+        warm_up(peer)
+        run_phase(run, peer, proc, scenarios, False)
+    except RuntimeError as exc:
+        run.peer["status"] = f"failed during the run: {exc}"
+        loud(f"the peer failed during the run: {exc}")
+        run.problems.append(f"peer: {str(exc).splitlines()[0]}")
+    procs.stop(proc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ensure_tools()
+    raise_fd_limit()
+    prune_outputs()
+    quiet = wait_quiet(args.wait_quiet)
+    say(quiet)
+    OUT.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC)
+    run = Run(
+        mode="quick" if args.quick else "full",
+        started=stamp.strftime("%Y-%m-%d %H:%M UTC"),
+        machine=machine_info(),
+        quiet=quiet,
+        calibration_ms=calibrate(),
+        command=shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
+    )
+    log_dir = OUT / f"run-{stamp:%Y%m%d-%H%M%S}"
+    scenarios = select(args.quick, args.only)
+    on_gateway = [s for s in scenarios if s.server == "gateway"]
+    on_ceiling = [s for s in scenarios if s.server == "ceiling"]
+    procs = Processes()
+    began = time.monotonic()
+    failed: str | None = None
+    try:
+        with interrupts_as_exceptions():
+            # The ceiling first: the machine's speed drifts over minutes, and the figures
+            # it scales most (non-stream, then 20-chunk streams) come right after it.
+            if on_ceiling:
+                measure_ceiling(run, procs, on_ceiling, args.quick, log_dir)
+            upstream = measure_gateway(run, procs, args, on_gateway, log_dir)
+            if args.peer or args.peer_cmd:
+                on_peer = [s for s in on_gateway if s.peer]
+                measure_peer(run, procs, args, on_peer, upstream)
+    except KeyboardInterrupt:
+        failed = "interrupted"
+        loud("interrupted: stopping everything the bench started")
+    except RuntimeError as exc:
+        failed = str(exc)
+        loud(f"the bench failed: {exc}")
+        run.problems.append(f"bench failed: {str(exc).splitlines()[0]}")
+    finally:
+        procs.stop_all()
+    took = time.monotonic() - began
+    say(f"took {took:.0f} s")
+    if failed == "interrupted":
+        return 130
+
+    raw = OUT / f"results-{run.mode}-{stamp:%Y%m%d-%H%M%S}.json"
+    raw.write_text(json.dumps(asdict(run), indent=2, default=str) + "\n")
+    if args.quick:
+        return quick_verdict(run, args.out, args.update_baseline, took, failed)
+    targets = evaluate(run)
+    out = args.out or BENCH / "RESULTS.md"
+    out.write_text(render(run, targets, took, failed))
+    say(f"wrote {shown(out)}")
+    factor = scale_factor(run)
+    for t in targets:
+        scaled = (
+            f" (scaled to the reference: {t.scaled(factor)})"
+            if factor and t.value is not None
+            else ""
+        )
+        say(f"  {t.verdict:<4} {t.name}: {t.measured}{scaled}")
+    if failed or any(not p.startswith("peer") for p in run.problems):
+        return 1
+    if args.strict and any(t.verdict == "FAIL" for t in targets):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The load shapes the bench runs, and the gateway configuration they need.
+
+A scenario is one ``Scenario(...)`` line in ``SCENARIOS``; a feature that needs its own
+model adds it in ``gateway_config``. Its figures land in the report's tables by
+themselves; a new target is a few lines in ``targets.evaluate``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+# The bench key's limits: high enough never to refuse, so every request takes the full
+# path through Redis (admit and settle) without being turned away.
+LIMITS = {"rpm": 100_000_000, "tpm": 100_000_000_000, "max_parallel": 100_000}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load shape. ``driver``: wrk (throughput, latency) or client (TTFT, held streams)."""
+
+    name: str
+    connections: int
+    stream: bool = False
+    chunks: int = 16  # words in the answer: one per chunk when streaming
+    ttft_ms: int = 0
+    interval_ms: int = 0
+    driver: Literal["wrk", "client"] = "wrk"
+    seconds: float | None = None  # None: the mode's default
+    ramp: float = 0.0  # client: connections start spread over this long
+    timeout: float = 30.0  # client: per request
+    rss_every: float | None = None  # record RSS samples this often (the soak)
+    model: str = "bench"
+    # What serves it on the measured CPU: the gateway (then also the peer, when asked),
+    # or the ceiling (bench/ceiling.py, a FastAPI route answering a fixed body).
+    server: Literal["gateway", "ceiling"] = "gateway"
+    direct: bool = True  # also run it against the upstream directly
+    peer: bool = True  # also run it against the peer
+    quick: bool = False  # part of --quick
+
+    @property
+    def id(self) -> str:
+        return f"{self.name} c{self.connections}"
+
+    def body(self) -> str:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": "Say the benchmark's words, please."}],
+        }
+        if self.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        body["mock"] = {
+            "chunks": self.chunks,
+            "ttft_ms": self.ttft_ms,
+            "interval_ms": self.interval_ms,
+        }
+        return json.dumps(body, separators=(",", ":"))
+
+    def expect(self) -> str:
+        return "".join(f" w{i}" for i in range(self.chunks))
+
+
+def _wrk_set(name: str, quick_at: int | None = None, **kw: Any) -> list[Scenario]:
+    """The scenario at 1, 16 and 64 connections (``quick_at``: the one --quick runs)."""
+    return [Scenario(name, c, quick=c == quick_at, **kw) for c in (1, 16, 64)]
+
+
+SCENARIOS: list[Scenario] = [
+    # The machine's ceiling: what the cheapest FastAPI route costs under the non-stream
+    # load at 16 connections (its answer is fixed: the default 16 words, non-stream).
+    Scenario("ceiling", 16, server="ceiling", direct=False, peer=False, quick=True),
+    *_wrk_set("non-stream", quick_at=16),
+    *_wrk_set("stream 20", stream=True, chunks=20, quick_at=16),
+    *_wrk_set("stream 200", stream=True, chunks=200),
+    # Time to first token on a lightly loaded gateway: 10 ms to the first token, 20 chunks.
+    Scenario("paced TTFT", 4, stream=True, chunks=20, ttft_ms=10, interval_ms=5, driver="client"),
+    # Chunks arriving one at a time (each stream's 10 ms apart, as a model emits them) at the
+    # target rate: 200 streams * 100 chunks/s = 20,000 chunks/s offered.
+    Scenario(
+        "paced stream 100",
+        200,
+        stream=True,
+        chunks=100,
+        ttft_ms=10,
+        interval_ms=10,
+        driver="client",
+    ),
+    Scenario("soak non-stream", 16, seconds=60, rss_every=5, direct=False, peer=False),
+    # 2,000 streams open at once: 2 s to the first token, then 10 chunks 500 ms apart.
+    Scenario(
+        "2,000 held streams",
+        2000,
+        stream=True,
+        chunks=10,
+        ttft_ms=2000,
+        interval_ms=500,
+        driver="client",
+        seconds=2,
+        ramp=2,
+    ),
+]
+
+
+def select(quick: bool, only: str | None) -> list[Scenario]:
+    """The scenarios of a run: --quick's, or all; narrowed by --only (ids or name prefixes)."""
+    chosen = [s for s in SCENARIOS if s.quick or not quick]
+    if only:
+        wanted = [w.strip() for w in only.split(",")]
+        chosen = [s for s in chosen if any(s.id == w or s.name.startswith(w) for w in wanted)]
+    return chosen
+
+
+def seconds_for(scenario: Scenario, quick: bool) -> float:
+    if scenario.seconds is not None:
+        return scenario.seconds
+    return 5.0 if quick else 8.0
+
+
+def gateway_config(upstream: str, key: str, data_dir: Path) -> dict[str, Any]:
+    """The gateway's config: model `bench` on the upstream, one key with Redis limits."""
+    return {
+        "providers": {
+            # Room for the 2,000 held streams (the default pool is 256 connections).
+            "bench-upstream": {"type": "openai", "base_url": upstream, "max_connections": 4096}
+        },
+        "models": {
+            "bench": {
+                "deployments": [
+                    {
+                        "provider": "bench-upstream",
+                        "model": "bench-upstream-model",
+                        "price": {"input": 0.15, "output": 0.6},
+                    }
+                ]
+            }
+        },
+        "keys": [{"name": "bench", "key": key, "models": ["bench"], "limits": LIMITS}],
+        "server": {"redis_prefix": "bench:", "drain_seconds": 1, "data_dir": str(data_dir)},
+    }

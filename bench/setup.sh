@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# What the bench needs besides the project's venv: wrk, taskset and redis-server,
+# installed from Debian's packages when missing. The bench starts its own Redis
+# (pinned, on a free port, stopped at the end), so nothing here is started.
+# bench/run.py runs this when something is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'bench-setup: %s\n' "$*"; }
+
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then say "FAIL: $1 is missing and installing it needs root (apt-get install $1)"; exit 1; fi
+  say "installing $1 from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null 2>&1 || {
+    apt-get update -qq >/dev/null 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
+  }
+}
+
+command -v wrk >/dev/null || apt_install wrk
+command -v taskset >/dev/null || apt_install util-linux
+command -v redis-server >/dev/null || apt_install redis-server

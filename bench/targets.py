@@ -1,0 +1,159 @@
+"""The targets of issue 5, judged on a run's figures, and the machine's scale factor.
+
+Verdicts are on the measured figures. Beside them, time figures are also shown scaled to
+the reference machine of the issue: measured x (73 µs / this machine's ceiling), the
+ceiling being the cheapest FastAPI route (bench/ceiling.py) under the same load on the
+same CPU; so a reader sees how much of a miss is the machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from measure import Result, Run
+from scenarios import SCENARIOS
+
+REFERENCE_CEILING_US = 73.0  # issue 5: "FastAPI route answering a fixed body", µs/request
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    measured: str
+    verdict: str  # PASS, FAIL or n/a
+    value: float | None = None  # a time figure, which scales with the machine's speed
+    fmt: str = ""
+    unit: str = ""
+
+    def scaled(self, factor: float | None) -> str:
+        if factor is None or self.value is None:
+            return "—"
+        return f"{self.value * factor:{self.fmt}}{self.unit}"
+
+
+def ceiling(run: Run) -> Result | None:
+    return next((r for r in run.of("ceiling") if r.cpu_us_req), None)
+
+
+def scale_factor(run: Run) -> float | None:
+    """Reference ceiling ÷ this machine's: figures x this = the reference machine's."""
+    c = ceiling(run)
+    return REFERENCE_CEILING_US / c.cpu_us_req if c and c.cpu_us_req else None
+
+
+def ratio_vs_peer(run: Run, scenario: str) -> float | None:
+    g, p = run.get(scenario, "gateway"), run.get(scenario, "peer")
+    if g is None or p is None or not g.rps:
+        return None
+    if not p.rps:
+        return float("inf")
+    return g.rps / p.rps
+
+
+def evaluate(run: Run) -> list[Target]:
+    """Each target of the performance issue, with what this run measured for it."""
+    out: list[Target] = []
+
+    def add(name: str, value: float | None, limit: float, fmt: str, unit: str) -> None:
+        if value is None:
+            out.append(Target(name, "not measured", "n/a"))
+        else:
+            verdict = "PASS" if value <= limit else "FAIL"
+            out.append(Target(name, f"{value:{fmt}}{unit}", verdict, value, fmt, unit))
+
+    def gw(scenario: str, attr: str) -> float | None:
+        r = run.get(scenario, "gateway")
+        return None if r is None else getattr(r, attr)
+
+    def added(scenario: str, attr: str) -> float | None:
+        g, d = gw(scenario, attr), run.get(scenario, "direct")
+        return None if g is None or d is None or getattr(d, attr) is None else g - getattr(d, attr)
+
+    add(
+        "non-stream: gateway CPU ≤ 400 µs/request at 16 conns",
+        gw("non-stream c16", "cpu_us_req"),
+        400,
+        ".0f",
+        " µs",
+    )
+    add("non-stream: added p50 ≤ 1 ms at 1 conn", added("non-stream c1", "p50_ms"), 1, ".3f", " ms")
+    add(
+        "non-stream: added p99 ≤ 15 ms at 16 conns",
+        added("non-stream c16", "p99_ms"),
+        15,
+        ".2f",
+        " ms",
+    )
+    if out[-1].value is not None:
+        t = out[-1]
+        gateway_p99 = f" (gateway p99 {gw('non-stream c16', 'p99_ms'):.2f} ms)"
+        out[-1] = Target(t.name, t.measured + gateway_p99, t.verdict, t.value, t.fmt, t.unit)
+    add(
+        "stream: gateway CPU ≤ 50 µs/chunk (200-chunk streams, 16 conns, back to back)",
+        gw("stream 200 c16", "cpu_us_chunk"),
+        50,
+        ".1f",
+        " µs",
+    )
+    add(
+        "stream: gateway CPU ≤ 50 µs/chunk (one at a time: 200 streams, 10 ms apart)",
+        gw("paced stream 100 c200", "cpu_us_chunk"),
+        50,
+        ".1f",
+        " µs",
+    )
+    add(
+        "stream: added TTFT p50 ≤ 1 ms (paced, 4 streams)",
+        added("paced TTFT c4", "ttft_p50_ms"),
+        1,
+        ".3f",
+        " ms",
+    )
+    name = "2,000 concurrent streams: zero errors, < 500 MB RSS"
+    r = run.get("2,000 held streams c2000", "gateway")
+    if r is None:
+        out.append(Target(name, "not measured", "n/a"))
+    else:
+        good = r.errors == 0 and r.max_streaming >= 2000 and r.hwm_mb < 500
+        measured = (
+            f"{r.ok} completed, {r.errors} errors, {r.max_streaming} streaming at once, "
+            f"peak RSS {r.hwm_mb:.0f} MB"
+        )
+        out.append(Target(name, measured, "PASS" if good else "FAIL"))
+    name = "soak: RSS drift < 10% over 60 s"
+    r = run.get("soak non-stream c16", "gateway")
+    if r is None or len(r.rss_samples) < 3:
+        out.append(Target(name, "not measured", "n/a"))
+    else:
+        first, last = r.rss_samples[1][1], r.rss_samples[-1][1]  # [0] is before the load
+        drift = last / first - 1
+        measured = f"{drift:+.1%} ({first:.1f} → {last:.1f} MB)"
+        out.append(Target(name, measured, "PASS" if drift < 0.10 else "FAIL"))
+    out += _versus_peer(run)
+    return out
+
+
+def _versus_peer(run: Run) -> list[Target]:
+    if not run.peer:
+        return [Target("≥ 30x the peer's req/s", "no peer in this run", "n/a")]
+    if run.peer.get("status") != "ran":
+        status = run.peer["status"].splitlines()[0]
+        return [Target("≥ 30x the peer's req/s", f"the peer {status}", "n/a")]
+    out = []
+    name = "≥ 30x the peer's req/s (non-stream, 16 conns)"
+    ratio = ratio_vs_peer(run, "non-stream c16")
+    if ratio is None:
+        out.append(Target(name, "not measured", "n/a"))
+    else:
+        out.append(Target(name, f"{ratio:.1f}x", "PASS" if ratio >= 30 else "FAIL"))
+    ratios = {s.id: ratio_vs_peer(run, s.id) for s in SCENARIOS}
+    measured = {sid: x for sid, x in ratios.items() if x is not None}
+    slower = [f"{sid} ({x:.2f}x)" for sid, x in measured.items() if x < 1]
+    name = "no scenario slower than the peer"
+    if slower:
+        out.append(Target(name, "slower in " + ", ".join(slower), "FAIL"))
+    elif measured:
+        out.append(Target(name, f"lowest ratio {min(measured.values()):.1f}x", "PASS"))
+    else:
+        out.append(Target(name, "not measured", "n/a"))
+    return out

@@ -1,0 +1,385 @@
+"""A lean OpenAI-compatible upstream for the benchmark: raw asyncio Protocols on uvloop.
+
+No framework: it shares a core with the load generator and must never be the
+bottleneck (the bench prints its direct figure beside the gateway's). It
+answers ``POST /v1/chat/completions`` over HTTP/1.1 keep-alive, non-stream and
+SSE (chunked transfer encoding, one write per chunk), and ``GET /health``.
+
+Per-request knobs come from the body field ``"mock"`` (a gateway forwards
+unknown fields untouched)::
+
+    {"mock": {"chunks": 20, "ttft_ms": 0, "interval_ms": 0}}
+
+The answer's text is deterministic: ``chunks`` words " w0 w1 ... w{N-1}"; a
+stream sends one word per chunk (the first with the role, the last with
+``finish_reason``), then a usage chunk when ``stream_options.include_usage``
+is true, then ``data: [DONE]``. A non-stream answer carries the whole text and
+its usage. Headers of a stream go out at once; its first chunk after
+``ttft_ms``, each later one ``interval_ms`` after the previous.
+
+    python bench/upstream.py --port 9000 [--cpu 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+
+DEFAULT_CHUNKS = 16
+CREATED = 1_700_000_000
+MAX_HEAD = 64 * 1024
+MAX_BODY = 8 * 1024 * 1024
+_CACHE_MAX = 512
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def text(words: int) -> str:
+    """The answer's text: what a checker expects, word by word."""
+    return "".join(f" w{i}" for i in range(words))
+
+
+def _usage(prompt: int, words: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": words, "total_tokens": prompt + words}
+
+
+def _prompt_tokens(request: dict) -> int:
+    chars = 0
+    for message in request.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+    return chars // 4 + 1
+
+
+_completions: dict[tuple[str, int, int], bytes] = {}
+_streams: dict[tuple[str, int, int, bool], tuple[bytes, ...]] = {}
+
+
+def completion_response(model: str, words: int, prompt: int, close: bool) -> bytes:
+    key = (model, words, prompt)
+    body = _completions.get(key)
+    if body is None:
+        if len(_completions) >= _CACHE_MAX:
+            _completions.clear()
+        body = _completions[key] = _dumps(
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion",
+                "created": CREATED,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text(words)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": _usage(prompt, words),
+            }
+        ).encode()
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n" % (
+        len(body),
+        b"connection: close\r\n" if close else b"",
+    )
+    return head + body
+
+
+def _frame(payload: bytes) -> bytes:
+    """One SSE event as one HTTP chunk."""
+    data = b"data: " + payload + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def stream_frames(model: str, words: int, prompt: int, usage: bool) -> tuple[bytes, ...]:
+    """Every write of a stream's body, in order: the chunks, then [DONE] and the end."""
+    key = (model, words, prompt, usage)
+    frames = _streams.get(key)
+    if frames is not None:
+        return frames
+    if len(_streams) >= _CACHE_MAX:
+        _streams.clear()
+    out = []
+    for i in range(words):
+        delta = {"role": "assistant", "content": f" w{i}"} if i == 0 else {"content": f" w{i}"}
+        chunk = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": model,
+            "choices": [
+                {"index": 0, "delta": delta, "finish_reason": "stop" if i == words - 1 else None}
+            ],
+        }
+        out.append(_frame(_dumps(chunk).encode()))
+    if usage:
+        chunk = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": CREATED,
+            "model": model,
+            "choices": [],
+            "usage": _usage(prompt, words),
+        }
+        out.append(_frame(_dumps(chunk).encode()))
+    out.append(_frame(b"[DONE]") + b"0\r\n\r\n")
+    frames = _streams[key] = tuple(out)
+    return frames
+
+
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"transfer-encoding: chunked\r\n"
+)
+
+
+def _simple(status: bytes, body: bytes, close: bool = False) -> bytes:
+    return b"HTTP/1.1 %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        status,
+        len(body),
+        b"connection: close\r\n" if close else b"",
+        body,
+    )
+
+
+class Upstream(asyncio.Protocol):
+    """One client connection: requests are answered one at a time, in order."""
+
+    __slots__ = (
+        "_buf",
+        "_busy",
+        "_close_after",
+        "_frames",
+        "_handle",
+        "_interval",
+        "_loop",
+        "_next",
+        "_paused",
+        "_stalled",
+        "_transport",
+        "_words",
+    )
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._buf = bytearray()
+        self._busy = False
+        self._transport: asyncio.Transport | None = None
+        self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._frames: tuple[bytes, ...] = ()
+        self._words = 0
+        self._next = 0
+        self._interval = 0.0
+        self._close_after = False
+        self._paused = False
+        self._stalled = False
+
+    # ---------------------------------------------------------------- transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._stalled:
+            self._stalled = False
+            self._step()
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if not self._busy:
+            self._process()
+
+    # ---------------------------------------------------------------- requests
+
+    def _process(self) -> None:
+        buf = self._buf
+        while not self._busy and self._transport is not None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > MAX_HEAD:
+                    self._fail(b"431 Request Header Fields Too Large")
+                return
+            lines = bytes(buf[:end]).split(b"\r\n")
+            try:
+                method, target, version = lines[0].split(b" ", 2)
+            except ValueError:
+                self._fail(b"400 Bad Request")
+                return
+            length = 0
+            close = version == b"HTTP/1.0"
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value.strip() or b"0")
+                elif name == b"connection":
+                    token = value.strip().lower()
+                    close = token == b"close" or (close and token != b"keep-alive")
+                elif name == b"transfer-encoding":
+                    self._fail(b"411 Length Required")
+                    return
+            if length > MAX_BODY:
+                self._fail(b"413 Content Too Large")
+                return
+            if len(buf) < end + 4 + length:
+                return
+            body = bytes(buf[end + 4 : end + 4 + length])
+            del buf[: end + 4 + length]
+            self._close_after = close
+            self._route(method, target, body)
+
+    def _fail(self, status: bytes) -> None:
+        if self._transport is not None:
+            self._transport.write(_simple(status, status + b"\n", close=True))
+            self._transport.close()
+
+    def _route(self, method: bytes, target: bytes, body: bytes) -> None:
+        path = target.partition(b"?")[0]
+        if method == b"POST" and path.endswith(b"/chat/completions"):
+            self._chat(body)
+        elif method == b"GET" and path in (b"/health", b"/v1/health"):
+            self._reply(_simple(b"200 OK", b"ok\n", self._close_after))
+        else:
+            self._reply(_simple(b"404 Not Found", b"not found\n", self._close_after))
+
+    def _reply(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        transport.write(data)
+        if self._close_after:
+            transport.close()
+
+    def _chat(self, body: bytes) -> None:
+        try:
+            request = json.loads(body)
+            mock = request.get("mock") or {}
+            words = int(mock.get("chunks", DEFAULT_CHUNKS))
+            ttft = float(mock.get("ttft_ms", 0)) / 1000
+            interval = float(mock.get("interval_ms", 0)) / 1000
+            model = str(request.get("model") or "bench")
+            if words < 1:
+                raise ValueError("chunks must be at least 1")
+        except (ValueError, TypeError, AttributeError) as exc:
+            message = _dumps({"error": {"message": f"bad request: {exc}", "type": "bench"}})
+            self._reply(
+                b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(message), message.encode())
+            )
+            return
+        prompt = _prompt_tokens(request)
+        if not request.get("stream"):
+            data = completion_response(model, words, prompt, self._close_after)
+            if ttft > 0:
+                self._busy = True
+                self._handle = self._loop.call_later(ttft, self._delayed, data)
+            else:
+                self._reply(data)
+            return
+        options = request.get("stream_options") or {}
+        usage = bool(isinstance(options, dict) and options.get("include_usage"))
+        self._busy = True
+        self._frames = stream_frames(model, words, prompt, usage)
+        self._words = words
+        self._next = 0
+        self._interval = interval
+        head = STREAM_HEAD + (b"connection: close\r\n\r\n" if self._close_after else b"\r\n")
+        self._transport.write(head)  # type: ignore[union-attr]
+        if ttft > 0:
+            self._handle = self._loop.call_later(ttft, self._step)
+        else:
+            self._handle = self._loop.call_soon(self._step)
+
+    def _delayed(self, data: bytes) -> None:
+        self._handle = None
+        self._busy = False
+        self._reply(data)
+        self._process()
+
+    def _step(self) -> None:
+        """Write the stream's next chunk, each with its own write (its own send).
+
+        Paced chunks are written one per timer; unpaced ones (and the usage chunk
+        and [DONE], which follow the last word at once, as OpenAI's do) back to
+        back, until the transport asks to pause.
+        """
+        self._handle = None
+        transport = self._transport
+        if transport is None:
+            return
+        frames = self._frames
+        end = len(frames)
+        i = self._next
+        while not self._paused:
+            transport.write(frames[i])
+            i += 1
+            if i == end:
+                break
+            if self._interval > 0 and i < self._words:
+                self._next = i
+                self._handle = self._loop.call_later(self._interval, self._step)
+                return
+        self._next = i
+        if i < end:
+            self._stalled = True  # resume_writing goes on
+            return
+        self._busy = False
+        self._frames = ()
+        if self._close_after:
+            transport.close()
+            return
+        if self._buf:
+            self._process()
+
+
+async def serve(host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Upstream, host, port, backlog=8192, reuse_address=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"upstream: http://{host}:{port}/v1 (pid {os.getpid()})", flush=True)
+    async with server:
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--cpu", type=int, help="pin this process to one CPU")
+    args = parser.parse_args(argv)
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    try:
+        import uvloop
+    except ImportError:
+        print("upstream: uvloop is missing (run with the project's venv)", file=sys.stderr)
+        return 1
+    uvloop.run(serve(args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
