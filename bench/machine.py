@@ -37,7 +37,7 @@ print(min(work() for _ in range(3)))
 _PROBE = """
 import importlib.metadata as m, platform, gateway
 names = ['fastapi','starlette','uvicorn','pydantic','pydantic-core','httpx','aiohttp',
-         'redis','hiredis','uvloop','httptools','sse-starlette']
+         'redis','hiredis','uvloop','httptools']
 v = {}
 for n in names:
     try: v[n] = m.version(n)
