@@ -70,6 +70,8 @@ class ProviderConfig(_Strict):
     api_version: str | None = None
     headers: dict[str, str] = {}
     max_connections: PositiveInt = 256
+    # The HTTP client under httpx: "lean" (ours, measured fastest) or "aiohttp".
+    transport: Literal["lean", "aiohttp"] = "lean"
 
     @property
     def enabled(self) -> bool:
