@@ -507,7 +507,7 @@ async def test_cancelled_call_drops_its_connection(
 def certificate(tmp_path: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1, and its key."""
     if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
+        pytest.fail("the TLS test needs the openssl command (apt-get install openssl)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         [
