@@ -165,7 +165,7 @@ class EventStreamResponse(Response):
 
         async def watch() -> None:
             nonlocal disconnected
-            seen = -1
+            seen = 0  # a stream silent since its headers gets its first ping after one interval
             while True:
                 try:
                     async with asyncio.timeout(self._keepalive):
