@@ -155,7 +155,11 @@ async def settle(
     output_tokens: int,
     error: bool,
 ) -> None:
-    """The one store call after a model call: reconcile, release, record usage."""
+    """The one store call after a model call: reconcile, release, record usage.
+
+    The access-log line gets the same token counts, so they are set here once.
+    """
+    call.access.input_tokens, call.access.output_tokens = input_tokens, output_tokens
     price = target.price if target is not None else None
     cost = price_cost(price.input, price.output, input_tokens, output_tokens) if price else 0.0
     usage = UsageEvent(call.body.model, input_tokens, output_tokens, cost, error, today())  # type: ignore[attr-defined]

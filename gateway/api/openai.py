@@ -75,7 +75,6 @@ async def chat_completions(call: ChatCall) -> Response:
         raise
     finally:
         if not streaming:
-            access.input_tokens, access.output_tokens = tokens_in, tokens_out
             await settle(
                 call,
                 target,
@@ -118,7 +117,6 @@ async def _stream_chat(
         else:  # abandoned or failed midway: what the client was sent, one token a chunk
             tokens_in = call.prompt_tokens if state.chunks else 0
             tokens_out = state.chunks
-        access.input_tokens, access.output_tokens = tokens_in, tokens_out
         await settle(
             call,
             target,
@@ -167,7 +165,6 @@ async def embeddings(call: EmbeddingCall) -> Response:
         exc.headers.update(call.grant.headers)
         raise
     finally:
-        access.input_tokens = tokens
         await settle(call, target, input_tokens=tokens, output_tokens=0, error=error)
 
 
