@@ -61,6 +61,9 @@ class Price(_Strict):
     output: float = Field(ge=0)
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 class ProviderConfig(_Strict):
     type: str
     base_url: str | None = None
@@ -72,6 +75,16 @@ class ProviderConfig(_Strict):
     max_connections: PositiveInt = 256
     # The HTTP client under httpx: "lean" (ours, measured fastest) or "aiohttp".
     transport: Literal["lean", "aiohttp"] = "lean"
+
+    @field_validator("headers")
+    @classmethod
+    def _valid_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if "\r" in value or "\n" in value or not value.isascii():
+                raise ValueError(f"the value of header {name!r} must be ASCII on one line")
+        return headers
 
     @property
     def enabled(self) -> bool:

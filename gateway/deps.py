@@ -132,7 +132,8 @@ async def _admit(
 # path every extra dependency costs FastAPI's resolver a few microseconds.
 
 
-async def admit_chat(request: Request, resources: ResourcesDep) -> Call[ChatCompletionRequest]:
+async def admit_chat(request: Request) -> Call[ChatCompletionRequest]:
+    resources: Resources = request.state.resources
     key = await _authenticate(request, resources)
     body = await _parse(request, ChatCompletionRequest)
     max_output = body.max_completion_tokens or body.max_tokens
@@ -140,7 +141,8 @@ async def admit_chat(request: Request, resources: ResourcesDep) -> Call[ChatComp
     return await _admit(resources, access, key, body, estimate.prompt_tokens(body), max_output)
 
 
-async def admit_embedding(request: Request, resources: ResourcesDep) -> Call[EmbeddingRequest]:
+async def admit_embedding(request: Request) -> Call[EmbeddingRequest]:
+    resources: Resources = request.state.resources
     key = await _authenticate(request, resources)
     body = await _parse(request, EmbeddingRequest)
     access = request.scope["gateway.access"]

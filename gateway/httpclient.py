@@ -446,10 +446,14 @@ _SKIPPED = (b"content-length", b"transfer-encoding")
 
 async def _serialize(request: httpx.Request) -> bytes:
     """The whole request as one buffer: head, ``Content-Length`` and body."""
-    try:
-        body = request.content
-    except httpx.RequestNotRead:
-        body = await request.aread()
+    stream = request.stream
+    if isinstance(stream, httpx.ByteStream):
+        body = b"".join(stream)  # in memory: no need for an async read
+    else:
+        try:
+            body = request.content
+        except httpx.RequestNotRead:
+            body = await request.aread()
     lines = [b"%s %s HTTP/1.1" % (request.method.encode(), request.url.raw_path)]
     for name, value in request.headers.raw:
         if len(name) in (14, 17) and name.lower() in _SKIPPED:
