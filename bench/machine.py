@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from common import BENCH, GATEWAY_CPU, ROOT, loud, say, venv_python
+from common import BENCH, GATEWAY_CPU, LOAD_CPU, ROOT, loud, say, venv_python
 from measure import cpu_busy
 
 TOOLS = ("wrk", "taskset", "redis-server")
@@ -31,6 +31,32 @@ def work():
         s += len(o["messages"][0]["content"]) + len(str(i)) + sum([j * 2 for j in range(20)])
     return (time.process_time() - t0) * 1000
 print(min(work() for _ in range(3)))
+"""
+
+# How long the gateway's CPU takes to answer the other CPU, busy and after idling: the
+# round trip of one byte over a socket pair between a process on each CPU, back to back and
+# with 10 ms of sleep before each. A VM that halts an idle virtual CPU (no halt polling)
+# pays for the wake-up on every hop of a request across the two CPUs, and runs the first
+# code after it from cold caches; this says how much, so time-to-first-token figures of
+# lightly loaded scenarios can be read (bench/RESULTS.md "machine").
+_WAKE = """
+import os, socket, statistics, sys, time
+a, b = socket.socketpair()
+pid = os.fork()
+if pid == 0:
+    a.close(); os.sched_setaffinity(0, {%(gateway)d})
+    while (d := b.recv(1)):
+        b.send(d)
+    os._exit(0)
+b.close(); os.sched_setaffinity(0, {%(load)d})
+def rtt(gap):
+    out = []
+    for _ in range(60 if gap else 400):
+        if gap: time.sleep(gap)
+        t = time.perf_counter(); a.send(b"x"); a.recv(1); out.append(time.perf_counter() - t)
+    return statistics.median(out) * 1e6
+print(f"{rtt(0):.0f} {rtt(0.01):.0f}")
+a.close(); os.waitpid(pid, 0)
 """
 
 # The versions the report names, read in the project's venv.
@@ -62,6 +88,16 @@ def calibrate() -> float | None:
     try:
         return round(float(out.strip()), 1)
     except ValueError:
+        return None
+
+
+def wake_latency() -> tuple[float, float] | None:
+    """Median µs of a round trip to the gateway's CPU: back to back, and after 10 ms idle."""
+    code = _WAKE % {"gateway": GATEWAY_CPU, "load": LOAD_CPU}
+    out = _output([venv_python(), "-c", code], 30).split()
+    try:
+        return float(out[0]), float(out[1])
+    except (IndexError, ValueError):
         return None
 
 

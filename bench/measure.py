@@ -91,6 +91,7 @@ class Run:
     quiet: str = ""  # how busy the machine was before the run
     idle_cpu_pct: float | None = None  # the gateway's own CPU use with no load
     calibration_ms: float | None = None  # the calibration workload on the gateway's CPU
+    wake_us: tuple[float, float] | None = None  # round trip to the gateway's CPU: busy, idle
 
     def get(self, scenario: str, kind: str) -> Result | None:
         return next((r for r in self.results if r.scenario == scenario and r.kind == kind), None)

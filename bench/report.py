@@ -29,6 +29,15 @@ def machine_lines(run: Run) -> str:
             if run.calibration_ms
             else "not measured",
         ),
+        (
+            "wake-up",
+            f"a one-byte round trip from CPU {LOAD_CPU} to CPU {GATEWAY_CPU} takes "
+            f"{run.wake_us[0]:.0f} µs back to back and {run.wake_us[1]:.0f} µs after 10 ms idle "
+            "(bench/machine.py `wake_latency`): what each hop of a lightly loaded request "
+            "pays to wake the gateway's CPU"
+            if run.wake_us
+            else "not measured",
+        ),
     ]
     return "\n".join(f"- **{k}**: {v}" for k, v in rows)
 

@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from common import BENCH, GATEWAY_CPU, LOAD_CPU, OUT, loud, say, shown
-from machine import calibrate, ensure_tools, machine_info, raise_fd_limit, wait_quiet
+from machine import (
+    calibrate,
+    ensure_tools,
+    machine_info,
+    raise_fd_limit,
+    wait_quiet,
+    wake_latency,
+)
 from measure import Run, System, cpu_seconds, record, run_load, warm_up
 from procs import (
     PEER_SCRIPTS,
@@ -229,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         machine=machine_info(),
         quiet=quiet,
         calibration_ms=calibrate(),
+        wake_us=wake_latency(),
         command=shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
     )
     log_dir = OUT / f"run-{stamp:%Y%m%d-%H%M%S}"

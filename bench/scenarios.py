@@ -77,6 +77,9 @@ SCENARIOS: list[Scenario] = [
     *_wrk_set("stream 200", stream=True, chunks=200),
     # Time to first token on a lightly loaded gateway: 10 ms to the first token, 20 chunks.
     Scenario("paced TTFT", 4, stream=True, chunks=20, ttft_ms=10, interval_ms=5, driver="client"),
+    # The same first token with the gateway kept busy: one connection, streams back to back
+    # (the chunks in one burst), as the non-stream latency at 1 connection is measured.
+    Scenario("TTFT back to back", 1, stream=True, chunks=20, ttft_ms=10, driver="client"),
     # Chunks arriving one at a time (each stream's 10 ms apart, as a model emits them) at the
     # target rate: 200 streams * 100 chunks/s = 20,000 chunks/s offered.
     Scenario(
