@@ -74,11 +74,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 total=None, sock_connect=limits[0], sock_read=limits[1]
             )
         try:
+            body = await request.aread()
             response = await self._session.request(
                 request.method,
                 self._url(request.url),
                 headers=request.headers.multi_items(),
-                data=request.content or None,
+                data=body or None,
                 allow_redirects=False,
                 timeout=timeout,
             )

@@ -74,7 +74,7 @@ class OpenAIProvider:
         ]
         if ctx.extra_headers:
             headers += [
-                (k.encode("ascii"), v.encode("latin-1")) for k, v in ctx.extra_headers.items()
+                (k.encode("ascii"), v.encode("ascii")) for k, v in ctx.extra_headers.items()
             ]
         return httpx.Request(
             "POST",

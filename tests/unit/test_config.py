@@ -143,6 +143,18 @@ BROKEN = [
         id="duplicate-key-name",
     ),
     pytest.param(
+        "providers:\n  up: {type: openai, headers: {'x team': a}}\n",
+        {},
+        ["{file}: providers.up.headers: 'x team' is not a valid HTTP header name"],
+        id="header-name-with-a-space",
+    ),
+    pytest.param(
+        "providers:\n  up: {type: openai, headers: {x-team: '${TEAM}'}}\n",
+        {"TEAM": "a\r\nx-injected: 1"},
+        ["{file}: providers.up.headers: the value of header 'x-team' must be ASCII on one line"],
+        id="header-value-with-a-line-break",
+    ),
+    pytest.param(
         "- providers\n- models\n",
         {},
         ["{file}: the top level must be a mapping"],

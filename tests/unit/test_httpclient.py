@@ -27,7 +27,7 @@ from gateway.providers.base import CallContext
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.sse import SSEDecoder
 from gateway.schemas.openai import ChatCompletionRequest, EmbeddingRequest
-from gateway.transport import Upstream
+from gateway.transport import build_upstream
 from tests.servers import ServerProcess, free_port, start_mock_upstream
 
 TIMEOUT = {"connect": 2.0, "read": 5.0, "write": 5.0, "pool": 5.0}
@@ -348,10 +348,16 @@ async def test_connection_refused(transport: LeanTransport) -> None:
         )
 
 
-async def test_openai_provider_over_the_lean_transport(mock: ServerProcess) -> None:
-    t = LeanTransport()
-    upstream = Upstream(client=httpx.AsyncClient(transport=t), transport=t)
-    config = ProviderConfig(type="openai", base_url=f"{mock.url}/v1", api_key="sk-up")
+@pytest.mark.parametrize("kind", ["lean", "aiohttp"])
+async def test_openai_provider_over_each_transport(mock: ServerProcess, kind: str) -> None:
+    """Both transports a provider can be configured with (``transport:``), end to end."""
+    config = ProviderConfig(
+        type="openai", base_url=f"{mock.url}/v1", api_key="sk-up", transport=kind
+    )
+    upstream = build_upstream(config)
+    assert type(upstream.transport).__name__ == {"lean": "LeanTransport"}.get(
+        kind, "AiohttpTransport"
+    )
     provider = OpenAIProvider("up", config, upstream)
     ctx = CallContext(
         request_id="req-provider",
