@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,9 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from tests.servers import ServerProcess, free_port, standard_config, write_config
+from tests.limits.support import RedisServer
+from tests.servers import ServerProcess, standard_config, write_config
 
 MASTER = "sk-master-" + uuid.uuid4().hex
 ADMIN = {"authorization": f"Bearer {MASTER}"}
@@ -45,64 +43,11 @@ def chat(content: str = "hi") -> dict[str, Any]:
     return {"model": "local-chat", "messages": [{"role": "user", "content": content}]}
 
 
-class RedisServer:
-    """A redis-server of our own on a fixed loopback port, to kill and restart."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:  # fail, never skip
-            pytest.fail("these tests need redis-server on PATH")
-        self.binary = binary
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> RedisServer:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = self.client()
-        deadline = time.monotonic() + 10
-        try:
-            while True:
-                try:
-                    client.ping()
-                    return self
-                except redis.RedisError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"redis-server on port {self.port} did not start"
-                        ) from None
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=2)
-
-
 @pytest.fixture(scope="module")
-def store() -> Iterator[RedisServer]:
-    server = RedisServer().start()
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
-    server.kill()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -323,7 +268,7 @@ async def test_outage_and_recovery(
 async def test_ready_notices_an_outage_without_traffic(tmp_path: Any) -> None:
     """/ready means "store reachable" (DESIGN §5): a load balancer polls it on an idle
     instance too, and must take a closed-mode gateway out while Redis is gone."""
-    own = RedisServer().start()
+    own = RedisServer(tmp_path).start()
     gateway: ServerProcess | None = None
     try:
         gateway = _gateway(tmp_path, own, f"gwtest-{uuid.uuid4().hex[:8]}:", "closed", [])

@@ -123,6 +123,11 @@ class RedisServer:
         finally:
             client.close()
 
+    def client(self) -> redis.Redis:
+        return redis.Redis(
+            port=self.port, password=self.password, socket_timeout=2, socket_connect_timeout=2
+        )
+
     def kill(self) -> None:
         """Gone at once, as in a crash: no shutdown, no goodbye to clients."""
         if self.proc is not None and self.proc.poll() is None:
