@@ -9,8 +9,8 @@ bodies larger than memory, write timeouts.
   server closed while idle is marked dead by ``connection_lost``.
 - A request goes out in one ``transport.write``: head, ``Content-Length`` from
   the body, and the body.
-- A body of known length up to 1 MiB comes back read, its connection pooled at
-  once. Others stream as they arrive; ``aclose()`` pools the connection if the
+- A body of known length up to 1 MiB comes back in memory (an ``httpx.ByteStream``),
+  its connection pooled at once. Others stream as they arrive; ``aclose()`` pools the connection if the
   body was read to its end and aborts it otherwise, so an upstream sees an
   abandoned stream go at once.
 - ``timeout`` extension: ``connect`` bounds connecting, ``read`` the wait for
@@ -429,7 +429,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
             if error is not None:
                 raise error
             content = body[0] if len(body) == 1 else b"".join(body)
-            return httpx.Response(status, headers=headers, content=content, request=request)
+            # In memory, but as a stream: Response(content=...) re-reads it through
+            # httpx's decoders at once (~10 µs); read it with transport.read_body().
+            return httpx.Response(
+                status, headers=headers, stream=httpx.ByteStream(content), request=request
+            )
         return httpx.Response(
             conn.status, headers=conn.headers, stream=_Body(conn), request=request
         )

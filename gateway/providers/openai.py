@@ -31,7 +31,7 @@ from gateway.schemas.openai import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
-from gateway.transport import Upstream
+from gateway.transport import Upstream, read_body
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Enough of an error body to show its message; the rest is not read.
@@ -107,7 +107,7 @@ class OpenAIProvider:
             async with asyncio.timeout(ctx.timeouts.total):
                 response = await self._upstream.send(self._request(url, body, ctx))
                 try:
-                    content = await response.aread()
+                    content = await read_body(response)
                 finally:
                     await response.aclose()
         except Exception as exc:

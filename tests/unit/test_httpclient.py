@@ -27,7 +27,7 @@ from gateway.providers.base import CallContext
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.sse import SSEDecoder
 from gateway.schemas.openai import ChatCompletionRequest, EmbeddingRequest
-from gateway.transport import build_upstream
+from gateway.transport import build_upstream, read_body
 from tests.servers import ServerProcess, free_port, start_mock_upstream
 
 TIMEOUT = {"connect": 2.0, "read": 5.0, "write": 5.0, "pool": 5.0}
@@ -226,9 +226,11 @@ async def test_non_stream_json_is_read_whole(mock: ServerProcess, transport: Lea
         request(f"{mock.url}/v1/chat/completions", chat(mock))
     )
     assert response.status_code == 200
-    assert response.is_stream_consumed  # small body of known length: came back read
+    # A small body of known length comes back whole, in memory.
+    assert isinstance(response.stream, httpx.ByteStream)
     assert response.headers["content-type"] == "application/json"
-    assert response.json()["object"] == "chat.completion"
+    assert json.loads(await read_body(response))["object"] == "chat.completion"
+    assert (await response.aread()) == await read_body(response)  # httpx's own read agrees
     await response.aclose()
 
 
@@ -391,7 +393,10 @@ async def test_openai_provider_over_each_transport(mock: ServerProcess, kind: st
 async def test_keep_alive_reuses_one_connection(raw: RawServer, transport: LeanTransport) -> None:
     for i in range(5):
         response = await transport.handle_async_request(request(f"{raw.url}/json", {"i": i}))
-        assert response.json() == {"ok": True, "received": len(json.dumps({"i": i}))}
+        assert json.loads(await read_body(response)) == {
+            "ok": True,
+            "received": len(json.dumps({"i": i})),
+        }
     response = await transport.handle_async_request(request(f"{raw.url}/chunked", {}))
     await read_pieces(response)  # a stream read to its end goes back to the pool too
     response = await transport.handle_async_request(request(f"{raw.url}/json", {}))
@@ -538,7 +543,7 @@ async def test_https(certificate: tuple[Path, Path]) -> None:
     try:
         for _ in range(2):
             response = await transport.handle_async_request(request(f"{url}/json", {}))
-            assert response.json()["ok"] is True
+            assert json.loads(await read_body(response))["ok"] is True
         pieces = await read_pieces(
             await transport.handle_async_request(request(f"{url}/chunked", {}))
         )
@@ -554,7 +559,7 @@ async def test_https(certificate: tuple[Path, Path]) -> None:
 
 async def test_interim_answer_is_skipped(raw: RawServer, transport: LeanTransport) -> None:
     response = await transport.handle_async_request(request(f"{raw.url}/early-hints", {}))
-    assert (response.status_code, response.content) == (200, b"ok")
+    assert (response.status_code, await read_body(response)) == (200, b"ok")
     assert "link" not in response.headers
     await transport.handle_async_request(request(f"{raw.url}/json", {}))
     assert raw.connections == 1
