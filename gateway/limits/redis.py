@@ -30,7 +30,6 @@ from gateway.limits.base import (
     budget_period,
     rate_headers,
     refusal,
-    spend_periods,
 )
 from gateway.limits.keys import KeyRecord
 from gateway.limits.local import LocalLimiter
@@ -92,7 +91,9 @@ class RedisStore:
         self._renew = _script("renew_v1.lua")
         self._lease_ttl = lease_ttl_ms
         self._local = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
-        self._buffer: deque[tuple[str, UsageEvent]] = deque(maxlen=BUFFER_LIMIT)
+        # Settles Redis could not take, with their grants: written back, they still
+        # release what the admission reserved (tokens, budget), not only add usage.
+        self._buffer: deque[tuple[Grant, UsageEvent]] = deque(maxlen=BUFFER_LIMIT)
         self._down_since: float | None = None
         self._recovery: asyncio.Task[None] | None = None
 
@@ -182,10 +183,10 @@ class RedisStore:
                     *(
                         self._redis.evalsha(
                             self._settle,
-                            self.keys.settle_keys(key_id),
-                            _settle_args(Grant(key_id=key_id, request_id=""), usage),
+                            self.keys.settle_keys(grant.key_id),
+                            _settle_args(grant, usage),
                         )
-                        for key_id, usage in batch
+                        for grant, usage in batch
                     ),
                     return_exceptions=True,
                 )
@@ -309,7 +310,7 @@ class RedisStore:
             # What it took was local; only its usage is Redis's.
             grant = Grant(key_id=grant.key_id, request_id=grant.request_id)
         if self.degraded:
-            self._buffer.append((grant.key_id, usage))
+            self._buffer.append((grant, usage))
             return
         try:
             await self._redis.evalsha(
@@ -317,8 +318,8 @@ class RedisStore:
             )
         except (*_DOWN, ReplyError) as exc:
             self._went_down(exc)
-            # The lease expires by itself; the usage must not be lost.
-            self._buffer.append((grant.key_id, usage))
+            # Neither the usage nor the release of the reservation may be lost.
+            self._buffer.append((grant, usage))
 
     async def renew(self, grants: list[Grant]) -> None:
         local = [g for g in grants if g.local]
@@ -365,7 +366,8 @@ class RedisStore:
 
 
 def _settle_args(grant: Grant, usage: UsageEvent) -> list[object]:
-    day_period, month_period, _ = spend_periods()
+    # The cost counts in the day and month it was spent, also when written back later.
+    day_period, month_period = f"d{usage.day}", f"m{usage.day[:7]}"
     return [
         grant.request_id,
         1 if grant.lease else 0,

@@ -13,6 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pytest
@@ -295,4 +296,36 @@ async def test_a_partly_failed_flush_resends_only_what_failed(
         assert (await bounded(store.usage(bad.id))).requests == 2
     finally:
         admin.close()
+        await bounded(store.aclose())
+
+
+async def test_a_settle_written_back_releases_its_reservation_in_its_own_day(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    # A request Redis admitted reserved its worst-case cost; its settle came while Redis
+    # hung, was buffered, and written back after midnight (the event is dated the day
+    # before). Written back, it must still release the reservation, and its real cost
+    # must count in the day it was spent: today's budget is then whole again.
+    server = redis_server()
+    store = new_store(server, fail_open=True)
+    await store.start()
+    try:
+        key = make_key(Limits(budget_usd=1.0, budget_period="day"))
+        reserved = await bounded(store.admit(admission(key, cost=0.5)))
+        assert not reserved.local
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
+
+        server.pause()
+        try:
+            await bounded(store.settle(reserved, event("model-a", 10, 5, 0.25, day=yesterday)))
+            assert await store.status() == "degraded"  # buffered, not written
+        finally:
+            server.resume()
+        await eventually_ok(store)
+
+        whole = await bounded(store.admit(admission(key, cost=1.0)))
+        assert not whole.local
+        doc = await bounded(store.usage(key.id))
+        assert [(d.day, d.cost_usd) for d in doc.by_day] == [(yesterday, 0.25)]
+    finally:
         await bounded(store.aclose())
