@@ -18,11 +18,13 @@ bodies larger than memory, write timeouts.
   connection re-armed only when it fires, not a timeout context per read.
 - Failures surface as httpx exceptions only.
 
-Retry: a request on a *reused* connection that fails before any byte of the
-answer arrived (the server closed it as we wrote: the keep-alive race) is sent
-once more on a fresh connection. Not provably safe for non-idempotent requests:
-a server that read the request and then died without a byte of answer sees it
-twice. Nothing is retried after a byte of response, nor on a new connection.
+Retry: a request on a *reused* connection that the server closed before any
+byte of the answer arrived (it closed it as we wrote: the keep-alive race) is
+sent once more on a fresh connection. Not provably safe for non-idempotent
+requests: a server that read the request and then died without a byte of
+answer sees it twice. Nothing is retried after a byte of response, on a new
+connection, after a read timeout (the server may still be working on it) or
+when the transport is closing.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class _Connection(asyncio.Protocol):
         self.error: Exception | None = None
         self.request: httpx.Request | None = None
         self.complete = self.head = self.framed = self.keep_alive = False
+        self.dropped = False  # the server closed it before answering (the keep-alive race)
         self.received = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
@@ -67,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self.received = 0  # bytes of this response
         self.skip_body = request.method == "HEAD"
         self.status, self.length, self.error = 0, None, None
+        self.dropped = False
         self.headers, self.body = [], []
         self.buffered, self.high_water = 0, _NO_LIMIT
         self.last = now = self.loop.time()
@@ -157,8 +161,10 @@ class _Connection(asyncio.Protocol):
             if self.head and not self.framed and exc is None:
                 self.complete = True  # a body delimited by the end of the connection
             elif isinstance(exc, OSError):
+                self.dropped = not self.received
                 self.error = httpx.ReadError(str(exc) or repr(exc), request=self.request)
             else:
+                self.dropped = not self.received
                 what = "the rest of the body" if self.received else "a response"
                 self.error = httpx.RemoteProtocolError(
                     f"server disconnected without sending {what}", request=self.request
@@ -412,7 +418,9 @@ class LeanTransport(httpx.AsyncBaseTransport):
             await conn.until("head")
             if conn.error is None:
                 break
-            if attempt or conn.received or not conn.served:
+            # Only the keep-alive race is retried: a timeout or a shutdown is not, as
+            # the server may be working on the request.
+            if attempt or not conn.dropped or not conn.served:
                 pool.release(conn)
                 raise conn.error
             # A reused connection the server had closed: once more on a fresh one,

@@ -484,6 +484,18 @@ async def test_keep_alive_race_is_retried_once_on_a_fresh_connection(
     assert [sent.endswith(b'{"n": 2}') for _, sent in raw.requests] == [False, True, True]
 
 
+async def test_read_timeout_on_a_reused_connection_is_not_retried(
+    raw: RawServer, transport: LeanTransport
+) -> None:
+    # A server still working on a request (a long completion) must not get it twice.
+    await transport.handle_async_request(request(f"{raw.url}/json", {}))
+    with pytest.raises(httpx.ReadTimeout):
+        await transport.handle_async_request(
+            request(f"{raw.url}/hang", {}, timeout={**TIMEOUT, "read": 0.3})
+        )
+    assert [target for target, _ in raw.requests] == [b"/json", b"/hang"]
+
+
 async def test_aclose_closes_every_connection(raw: RawServer) -> None:
     transport = LeanTransport()
     streaming = await transport.handle_async_request(request(f"{raw.url}/chunked", {}))
