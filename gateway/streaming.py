@@ -65,7 +65,7 @@ async def open_stream(
     try:
         await asyncio.wait((first,), timeout=commit_after)
     except BaseException:
-        first.cancel()
+        await _stop(first)
         raise
     if first.done() and not first.cancelled():
         exc = first.exception()
@@ -75,10 +75,7 @@ async def open_stream(
     state = StreamState()
 
     async def close() -> None:
-        if not first.done():
-            first.cancel()
-        elif not first.cancelled():
-            first.exception()  # retrieved, so asyncio does not log it as lost
+        await _stop(first)
         await on_close(state)
 
     return EventStreamResponse(
@@ -87,6 +84,16 @@ async def open_stream(
         headers=headers,
         keepalive=keepalive,
     )
+
+
+async def _stop(first: asyncio.Future[Any]) -> None:
+    """Cancel the peek if it still runs and wait until it has stopped, so the upstream
+    is never closed under a read in progress; its outcome counts as retrieved."""
+    if not first.done():
+        first.cancel()
+        await asyncio.wait((first,))
+    if not first.cancelled():
+        first.exception()  # retrieved, so asyncio does not log it as lost
 
 
 async def _relay(

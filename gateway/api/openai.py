@@ -110,20 +110,22 @@ async def _stream_chat(
         return b"data: " + _to_chunk_json(chunk, exclude_unset=True, exclude=exclude) + b"\n\n"
 
     async def on_close(state: StreamState) -> None:
-        await stack.aclose()
-        access.outcome = state.outcome
-        if reported:
-            tokens_in, tokens_out = reported[-1]
-        else:  # abandoned or failed midway: what the client was sent, one token a chunk
-            tokens_in = call.prompt_tokens if state.chunks else 0
-            tokens_out = state.chunks
-        await settle(
-            call,
-            target,
-            input_tokens=tokens_in,
-            output_tokens=tokens_out,
-            error=state.outcome == "error",
-        )
+        try:
+            await stack.aclose()
+        finally:  # settled whatever closing the upstream did: the lease must go back
+            access.outcome = state.outcome
+            if reported:
+                tokens_in, tokens_out = reported[-1]
+            else:  # abandoned or failed midway: what the client was sent, one token a chunk
+                tokens_in = call.prompt_tokens if state.chunks else 0
+                tokens_out = state.chunks
+            await settle(
+                call,
+                target,
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+                error=state.outcome == "error",
+            )
 
     server = resources.settings.server
     stack = AsyncExitStack()
