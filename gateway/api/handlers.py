@@ -69,20 +69,34 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if isinstance(exc.__cause__, GatewayError):
+        # FastAPI wraps what fails while it reads a body (a chunked body over the
+        # limit: 413) in a 400 of its own; the cause is the real answer.
+        return error_response(exc.__cause__)
     if exc.status_code == 405:
         error: GatewayError = _MethodNotAllowed(f"Method {request.method} is not allowed here.")
     elif exc.status_code == 404:
         error = _NotFound(f"Unknown request URL: {request.method} {request.url.path}.")
     else:
-        error = GatewayError(str(exc.detail))
+        error = (
+            InvalidRequest(str(exc.detail))
+            if exc.status_code < 500
+            else GatewayError(str(exc.detail))
+        )
         error.status = exc.status_code
     return error_response(error, headers=dict(exc.headers or {}))
 
 
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    access = request.scope.get("gateway.access")
-    log.error("unhandled error request_id=%s", getattr(access, "request_id", "-"), exc_info=exc)
+def internal_error(request_id: str, exc: BaseException) -> Response:
+    """A bug: its details go to the log, with the request id; the client gets a 500."""
+    log.error("unhandled error request_id=%s", request_id, exc_info=exc)
     return error_response(GatewayError("The gateway had an internal error."))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    # Only what escapes the request-context middleware (which answers the rest) ends here.
+    access = request.scope.get("gateway.access")
+    return internal_error(getattr(access, "request_id", "-"), exc)
 
 
 def install_error_handlers(app: FastAPI) -> None:

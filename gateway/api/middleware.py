@@ -2,8 +2,9 @@
 
 For every HTTP request it settles the request id (the client's ``x-request-id``
 when it is sane, else a new one) and echoes it, refuses bodies over
-``max_body_bytes`` with 413 before anything parses them, and writes the one
-access-log line when the response is done.
+``max_body_bytes`` with 413 before anything parses them, answers an
+unexpected error with the 500 envelope (logged once, with the request id), and
+writes the one access-log line when the response is done.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.api.handlers import error_json
+from gateway.api.handlers import error_response, internal_error
 from gateway.errors import RequestTooLarge
 from gateway.ids import new_id
 from gateway.observability.logging import AccessLog, AccessRecord
@@ -61,11 +62,18 @@ class RequestContextMiddleware:
         limit = self.max_body_bytes
         try:
             if length > limit:
-                await _refuse(send_with_id, _too_large(limit))
+                refusal = error_response(_too_large(limit), {"connection": "close"})
+                await refusal(scope, receive, send_with_id)
                 return
             if length < 0:  # chunked: count as it arrives
                 receive = _counting(receive, limit)
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            # Answered here, not by the outermost error layer: the 500 then has its
+            # request id and its access-log line, and is logged once.
+            if record.status:  # the response has begun: nothing left to answer with
+                raise
+            await internal_error(record.request_id, exc)(scope, receive, send_with_id)
         finally:
             self.access_log.write(record.line((time.perf_counter() - started) * 1000))
 
@@ -83,19 +91,3 @@ def _counting(receive: Receive, limit: int) -> Receive:
         return message
 
     return counted
-
-
-async def _refuse(send: Send, exc: RequestTooLarge) -> None:
-    body = error_json(exc)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": exc.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

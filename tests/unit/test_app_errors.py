@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import load_settings
+from gateway.deps import admit_chat
 
 FULL = "sk-test-full-000001"
 LIMITED = "sk-test-limited-02"
@@ -183,6 +184,50 @@ def test_body_over_limit_chunked_is_413(client: TestClient) -> None:
     error = error_of(response)
     assert error["code"] == "request_too_large"
     assert error["type"] == "invalid_request_error"
+
+
+def test_admin_body_over_limit_chunked_is_413(client: TestClient) -> None:
+    # FastAPI reads this body itself (a pydantic body parameter), not the gateway.
+    def pieces() -> Iterator[bytes]:
+        yield b'{"name": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = client.post(
+        "/admin/keys", content=pieces(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert error_of(response)["code"] == "request_too_large"
+    assert error_of(response)["type"] == "invalid_request_error"
+
+
+def test_unexpected_error_is_a_500_with_its_request_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(CONFIG)
+    app = create_app(load_settings(path, env={}))
+
+    async def broken() -> None:
+        raise RuntimeError("a bug, with a detail the client must not see")
+
+    app.dependency_overrides[admit_chat] = broken
+    with TestClient(app) as client:
+        response = client.post(
+            "/v1/chat/completions", json=hello(), headers={**auth(), "x-request-id": "req-bug-1"}
+        )
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-bug-1"
+    assert error_of(response) == {
+        "message": "The gateway had an internal error.",
+        "type": "api_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    assert "a bug" not in response.text
+    logged = [r for r in caplog.records if r.levelname == "ERROR" and r.exc_info]
+    assert [r.getMessage() for r in logged] == ["unhandled error request_id=req-bug-1"]
 
 
 def test_body_under_limit_chunked_is_served(client: TestClient) -> None:
