@@ -15,7 +15,7 @@ from gateway.api import admin, health, openai
 from gateway.api.handlers import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.config import Settings, load_settings, resolve_config_path
-from gateway.observability.logging import AccessLog
+from gateway.observability.logging import AccessLog, configure_logging
 from gateway.resources import Resources
 
 
@@ -69,7 +69,9 @@ def _tune_gc() -> None:
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory for ``--workers N``: each worker loads the config itself."""
+    """uvicorn factory for ``--workers N``: each worker sets up its logging (or its
+    access log would be off) and loads the config itself."""
     import os
 
+    configure_logging(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
     return create_app(load_settings(resolve_config_path(None, os.environ)))

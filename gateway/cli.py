@@ -73,8 +73,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Streams in flight at SIGTERM get drain_seconds to finish before they are cut.
     kwargs["timeout_graceful_shutdown"] = int(settings.server.drain_seconds) + 1
     if args.workers > 1:
+        # Each worker is a fresh process: it reads its config and log level from here.
         if args.config:
             os.environ["GATEWAY_CONFIG"] = os.path.abspath(args.config)
+        os.environ["GATEWAY_LOG_LEVEL"] = args.log_level
         uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **kwargs)
     else:
         from gateway.app import create_app

@@ -28,6 +28,7 @@ import redis
 from gateway.limits import estimate
 from gateway.schemas.openai import ChatCompletionRequest
 from tests.servers import (
+    TEST_KEY,
     ServerProcess,
     standard_config,
     start_gateway,
@@ -579,3 +580,34 @@ def test_exhausted_budget_is_insufficient_quota(a: ServerProcess, b: ServerProce
         assert exc.code == "insufficient_quota"
         assert exc.type == "insufficient_quota"
         assert exc.response.headers["x-should-retry"] == "false"
+
+
+def test_workers_each_write_the_access_log(
+    upstream: ServerProcess, prefix: str, tmp_path: Path
+) -> None:
+    # --workers N starts fresh processes: each must set up its own logging.
+    path = write_config(tmp_path, _config(upstream, prefix))
+    server = ServerProcess(
+        ["serve", "--config", str(path), "--workers", "2"], env={"REDIS_URL": REDIS_URL}
+    )
+    try:
+        server.wait_ready(timeout=30)
+        ids = [f"workers-log-{uuid.uuid4().hex[:8]}" for _ in range(6)]
+        for request_id in ids:
+            r = httpx.post(
+                f"{server.url}/v1/chat/completions",
+                json={"model": "local-chat", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {TEST_KEY}", "x-request-id": request_id},
+                timeout=10,
+            )
+            assert r.status_code == 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            logged = [line for line in server.logs().splitlines() if "gateway.access" in line]
+            if all(any(f"request_id={i}" in line for line in logged) for i in ids):
+                break
+            time.sleep(0.1)
+        for request_id in ids:
+            assert [line for line in logged if f"request_id={request_id} " in line], request_id
+    finally:
+        server.stop()
