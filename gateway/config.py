@@ -361,4 +361,15 @@ def warn_about(settings: Settings) -> list[str]:
                 warnings.append(
                     f"model {name!r}: no price for {dep.provider}/{dep.model}; its cost counts as 0"
                 )
+    # Part of the config contract, not served yet: say so rather than ignore them quietly.
+    for name, model in settings.models.items():
+        ignored = []
+        if model.routing.strategy != "weighted" or model.routing.hedge_after_ms is not None:
+            ignored.append(f"routing strategy {model.routing.strategy!r} (weighted is used)")
+        if model.fallbacks:
+            ignored.append("fallbacks")
+        if any(dep.max_parallel is not None for dep in model.deployments):
+            ignored.append("deployments' max_parallel")
+        if ignored:
+            warnings.append(f"model {name!r}: not supported yet, ignored: {', '.join(ignored)}")
     return warnings

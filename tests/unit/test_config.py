@@ -446,3 +446,21 @@ def test_check_config_fails_on_unknown_provider_type(
     assert err.startswith(
         f"gateway: invalid config:\n{path}: providers.odd.type: unknown provider type 'nosuch'"
     )
+
+
+def test_settings_not_served_yet_are_named_at_start(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MOCK
+        + "models:\n"
+        + "  plain: {deployments: [{provider: demo, model: m}]}\n"
+        + "  fancy:\n"
+        + "    deployments: [{provider: demo, model: m, max_parallel: 4}]\n"
+        + "    routing: {strategy: hedge, hedge_after_ms: 400}\n"
+        + "    fallbacks: [plain]\n",
+    )
+    warnings = warn_about(load_settings(path, env={}))
+    assert warnings == [
+        "model 'fancy': not supported yet, ignored: routing strategy 'hedge' (weighted is "
+        "used), fallbacks, deployments' max_parallel"
+    ]
