@@ -37,12 +37,11 @@ COMMIT_AFTER_SECONDS = 5.0
 class StreamState:
     """How a relayed stream ended; read by the cleanup that settles it."""
 
-    __slots__ = ("chunks", "error", "outcome")
+    __slots__ = ("chunks", "outcome")
 
     def __init__(self) -> None:
         self.chunks = 0
         self.outcome: str = "client_disconnect"  # until the relay says otherwise
-        self.error: GatewayError | None = None
 
 
 async def open_stream(
@@ -122,12 +121,12 @@ async def _relay(
         if done_frame is not None:
             yield done_frame
     except GatewayError as exc:
-        state.outcome, state.error = "error", exc
+        state.outcome = "error"
         yield error_frame(exc)
     except Exception as exc:
         log.exception("stream relay failed")
         error = UpstreamUnavailable(f"the stream failed: {type(exc).__name__}")
-        state.outcome, state.error = "error", error
+        state.outcome = "error"
         yield error_frame(error)
 
 

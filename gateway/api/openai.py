@@ -11,9 +11,7 @@ from starlette.responses import Response
 from gateway.api.handlers import error_json
 from gateway.deps import Call, ChatCall, EmbeddingCall, KeyDep, ResourcesDep, settle
 from gateway.errors import GatewayError
-from gateway.observability.logging import AccessRecord
 from gateway.providers.base import CallContext
-from gateway.resources import Resources
 from gateway.routing.router import Target
 from gateway.schemas.openai import (
     ChatCompletion,
@@ -32,6 +30,7 @@ _ERRORS = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 502, 503, 504)
 }
 _DONE = b"data: [DONE]\n\n"
+_USAGE = frozenset({"usage"})  # left out of chunks when the client did not ask for usage
 _to_chunk_json = ChatCompletionChunk.__pydantic_serializer__.to_json
 _to_completion_json = ChatCompletion.__pydantic_serializer__.to_json
 _to_embedding_json = EmbeddingResponse.__pydantic_serializer__.to_json
@@ -41,10 +40,9 @@ def _json(body: bytes, headers: dict[str, str]) -> Response:
     return Response(body, media_type="application/json", headers=headers)
 
 
-def _pick(
-    resources: Resources, call: Call, access: AccessRecord
-) -> tuple[Target, CallContext, dict[str, str]]:
-    target = resources.router.pick(call.route)
+def _pick(call: Call) -> tuple[Target, CallContext, dict[str, str]]:
+    target = call.resources.router.pick(call.route)
+    access = call.access
     access.served_by = target.served_by
     ctx = CallContext(request_id=access.request_id, deployment=target.deployment)
     return target, ctx, {**call.grant.headers, "x-gateway-served-by": target.served_by}
@@ -52,14 +50,14 @@ def _pick(
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
 async def chat_completions(call: ChatCall) -> Response:
-    body, resources, access = call.body, call.resources, call.access
+    body, access = call.body, call.access
     target: Target | None = None
     tokens_in = tokens_out = 0
     error, streaming = True, False
     try:
-        target, ctx, headers = _pick(resources, call, access)
+        target, ctx, headers = _pick(call)
         if body.stream:
-            response = await _stream_chat(call, target, ctx, resources, access, headers)
+            response = await _stream_chat(call, target, ctx, headers)
             streaming = True  # from here the stream settles itself when it ends
             return response
         started = time.perf_counter()
@@ -85,16 +83,12 @@ async def chat_completions(call: ChatCall) -> Response:
 
 
 async def _stream_chat(
-    call: Call[ChatCompletionRequest],
-    target: Target,
-    ctx: CallContext,
-    resources: Resources,
-    access: AccessRecord,
-    headers: dict[str, str],
+    call: Call[ChatCompletionRequest], target: Target, ctx: CallContext, headers: dict[str, str]
 ) -> Response:
-    body = call.body
+    body, access = call.body, call.access
     model = body.model
     wants_usage = bool(body.stream_options and body.stream_options.include_usage)
+    exclude = None if wants_usage else _USAGE
     started = time.perf_counter()
     reported: list[tuple[int, int]] = []
 
@@ -106,7 +100,6 @@ async def _stream_chat(
             if not wants_usage and not chunk.choices:
                 return None  # the usage-only chunk the gateway asked for itself
         chunk.model = model
-        exclude = None if wants_usage else {"usage"}
         return b"data: " + _to_chunk_json(chunk, exclude_unset=True, exclude=exclude) + b"\n\n"
 
     async def on_close(state: StreamState) -> None:
@@ -127,7 +120,7 @@ async def _stream_chat(
                 error=state.outcome == "error",
             )
 
-    server = resources.settings.server
+    server = call.resources.settings.server
     stack = AsyncExitStack()
     try:
         chunks = await stack.enter_async_context(target.provider.stream(body, ctx))
@@ -152,12 +145,11 @@ def _error_frame(exc: GatewayError) -> bytes:
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS)
 async def embeddings(call: EmbeddingCall) -> Response:
-    resources, access = call.resources, call.access
     target: Target | None = None
     tokens = 0
     error = True
     try:
-        target, ctx, headers = _pick(resources, call, access)
+        target, ctx, headers = _pick(call)
         answer = await target.provider.embed(call.body, ctx)
         answer.model = call.body.model
         tokens = answer.usage.prompt_tokens

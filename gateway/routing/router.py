@@ -23,10 +23,11 @@ class Target:
     provider: Provider
     deployment: Deployment
     price: Price | None
+    served_by: str  # "provider/upstream-model", the x-gateway-served-by header
 
-    @property
-    def served_by(self) -> str:
-        return f"{self.provider.name}/{self.deployment.model}"
+
+def _target(name: str, provider: Provider, deployment: Deployment, price: Price | None) -> Target:
+    return Target(name, provider, deployment, price, f"{provider.name}/{deployment.model}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,7 @@ class Router:
         routes = {}
         for name, model in settings.enabled_models().items():
             targets = tuple(
-                Target(name, providers[d.provider], d, settings.price_for(d))
+                _target(name, providers[d.provider], d, settings.price_for(d))
                 for d in model.deployments
                 if d.provider in providers
             )
