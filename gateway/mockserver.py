@@ -133,11 +133,11 @@ class MockServer:
         self, request: ChatCompletionRequest, script: MockScript, send: Any
     ) -> None:
         answer = build_completion(request, script, request.model)
-        pause = script.ttft_ms / 1000 + script.interval * max(0, answer.usage.completion_tokens - 1)
+        pause = script.pause(answer.usage.completion_tokens)
         if pause:
             await asyncio.sleep(pause)
         body = answer.model_dump_json(exclude_unset=True).encode()
-        if script.malformed_after is not None or script.cut_after is not None:
+        if script.breaks(answer.usage.completion_tokens):  # as the in-process mock decides
             body = body[: len(body) // 2]
         await _respond(send, 200, body)
 

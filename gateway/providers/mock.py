@@ -27,7 +27,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.config import ProviderConfig
-from gateway.errors import InvalidRequest, UpstreamUnavailable, upstream_status_error
+from gateway.errors import (
+    InvalidRequest,
+    UpstreamUnavailable,
+    format_loc,
+    upstream_status_error,
+)
 from gateway.providers.base import CallContext
 from gateway.schemas.openai import (
     ChatCompletion,
@@ -111,12 +116,22 @@ class MockScript(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = ".".join(str(p) for p in ("mock", *first["loc"]))
+            where = format_loc(("mock", *first["loc"]))
             raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
 
     @property
     def interval(self) -> float:
         return 1.0 / self.tokens_per_s if self.tokens_per_s else 0.0
+
+    def pause(self, tokens: int) -> float:
+        """Seconds a whole answer of ``tokens`` takes: the first token, then the pace."""
+        return self.ttft_ms / 1000 + self.interval * max(0, tokens - 1)
+
+    def breaks(self, tokens: int) -> bool:
+        """Whether a scripted fault falls within the answer: as a stream it is the tokens,
+        a finish chunk and a usage chunk, and a fault past them never fires."""
+        chunks = tokens + 2
+        return any(x is not None and x < chunks for x in (self.cut_after, self.malformed_after))
 
 
 _NO_SCRIPT = MockScript()
@@ -268,11 +283,9 @@ class MockProvider:
         script = MockScript.from_request(request)
         await self._before(script)
         answer = build_completion(request, script, ctx.deployment.model)
-        # The stream has tokens + a finish chunk + a usage chunk; a fault past them never fires.
-        chunks = answer.usage.completion_tokens + 2
-        if any(x is not None and x < chunks for x in (script.cut_after, script.malformed_after)):
+        if script.breaks(answer.usage.completion_tokens):
             raise UpstreamUnavailable("the upstream sent a malformed answer (mock fault)")
-        pause = script.ttft_ms / 1000 + script.interval * max(0, answer.usage.completion_tokens - 1)
+        pause = script.pause(answer.usage.completion_tokens)
         if pause:
             await asyncio.sleep(pause)
         return answer

@@ -22,8 +22,10 @@ import httpx
 import pytest
 
 from gateway.config import Deployment, ProviderConfig
+from gateway.errors import UpstreamUnavailable
 from gateway.httpclient import LeanTransport
 from gateway.providers.base import CallContext
+from gateway.providers.mock import MockProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.sse import SSEDecoder
 from gateway.schemas.openai import ChatCompletionRequest, EmbeddingRequest
@@ -219,6 +221,35 @@ async def raw() -> AsyncIterator[RawServer]:
 
 
 # ---------------------------------------------------------------- the mock upstream
+
+
+@pytest.mark.parametrize(("cut_after", "breaks"), [(2, True), (50, False)])
+async def test_mock_upstream_breaks_an_answer_as_the_in_process_mock_does(
+    mock: ServerProcess, cut_after: int, breaks: bool
+) -> None:
+    """One script, one outcome, whether the mock runs in-process or over HTTP: a fault
+    past the end of the answer (16 tokens) never fires."""
+    body = {"model": "x", "messages": [{"role": "user", "content": "Hi"}]}
+    request = ChatCompletionRequest.model_validate({**body, "mock": {"cut_after": cut_after}})
+    ctx = CallContext(
+        request_id="req-mock-parity",
+        deployment=Deployment.model_validate({"provider": "up", "model": "mock-chat"}),
+    )
+    config = ProviderConfig(type="openai", base_url=f"{mock.url}/v1", api_key="sk-up")
+    upstream = build_upstream(config)
+    providers = [
+        OpenAIProvider("up", config, upstream),
+        MockProvider("local", ProviderConfig(type="mock")),
+    ]
+    try:
+        for provider in providers:
+            if breaks:
+                with pytest.raises(UpstreamUnavailable, match="malformed"):
+                    await provider.chat(request, ctx)
+            else:
+                assert (await provider.chat(request, ctx)).choices[0].message.content
+    finally:
+        await upstream.aclose()
 
 
 async def test_non_stream_json_is_read_whole(mock: ServerProcess, transport: LeanTransport) -> None:
