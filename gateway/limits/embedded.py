@@ -231,12 +231,22 @@ class EmbeddedStore:
                     last_used,
                 )
 
-        try:
-            await self._run(write)
-        except BaseException:
-            # Nothing lost: what was not written is written next time.
+        def restore() -> None:  # nothing lost: what was not written is written next time
             pending.merge_into(self._pending)
             self._last_used_dirty |= dirty
+
+        job = asyncio.get_running_loop().run_in_executor(self._thread, write)
+        try:
+            await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # The write goes on in its thread: only its own failure may put the rows
+            # back, or a write that did land would be written a second time.
+            job.add_done_callback(
+                lambda done: restore() if not done.cancelled() and done.exception() else None
+            )
+            raise
+        except Exception:
+            restore()
             raise
 
     async def usage(self, key_id: str) -> UsageDoc:

@@ -8,6 +8,7 @@ arithmetic is exact in both backends and a boundary can be probed precisely.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -380,3 +381,32 @@ async def _at_fraction_of_second(fraction: float) -> None:
     """Wait until the wall clock is ``fraction`` of a second past a whole second."""
     wait = (fraction - time.time() % 1) % 1
     await asyncio.sleep(wait)
+
+
+async def test_embedded_flush_cancelled_mid_write_counts_once(tmp_path: Path) -> None:
+    # Shutdown cancels the flusher; the write it started still lands in its thread, and
+    # the next flush must not write the same usage again.
+    store = EmbeddedStore(tmp_path, lease_ttl_ms=LEASE_TTL_MS)
+    await store.start()
+    try:
+        key = make_key()
+        await store.put_key(key, hash_key("sk-secret-flush"))
+        grant = await store.admit(admission(key))
+        await store.settle(grant, event("model-a", 10, 20))
+        # Another writer holds the database, so the write waits in its thread (a slow disk).
+        other = sqlite3.connect(store.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            flushing = asyncio.create_task(store.flush())
+            await asyncio.sleep(0.1)
+            flushing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await flushing
+        finally:
+            other.execute("COMMIT")  # the write in its thread goes through now
+            other.close()
+        await store.flush()
+        doc = await store.usage(key.id)
+        assert (doc.requests, doc.input_tokens, doc.output_tokens) == (1, 10, 20)
+    finally:
+        await store.aclose()
