@@ -43,6 +43,9 @@ TIMEOUT_SECONDS = 0.25
 RECOVERY_POLL_SECONDS = 0.5
 BUFFER_LIMIT = 100_000
 _DOWN = (RedisDown, OSError)
+# Replies of a Redis that is up but cannot serve yet (loading its data, a replica cut
+# off from its primary, a cluster reconfiguring): unavailable, not a bug.
+_NOT_SERVING = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
 
 
 def _script(name: str) -> Script:
@@ -109,6 +112,11 @@ class RedisStore:
             return await self._redis.execute(*args)
         except _DOWN as exc:
             self._went_down(exc)
+            raise self._unavailable() from exc
+        except ReplyError as exc:
+            if not str(exc).startswith(_NOT_SERVING):
+                raise
+            self._went_down(exc)  # reachable, but not answering yet
             raise self._unavailable() from exc
 
     # ------------------------------------------------------------ lifecycle and health

@@ -329,3 +329,25 @@ async def test_a_settle_written_back_releases_its_reservation_in_its_own_day(
         assert [(d.day, d.cost_usd) for d in doc.by_day] == [(yesterday, 0.25)]
     finally:
         await bounded(store.aclose())
+
+
+async def test_a_redis_still_loading_its_data_is_unavailable_not_an_error() -> None:
+    # A restarted Redis answers "-LOADING" until its data is in memory: that is the
+    # store being unavailable (503, or local limits when failing open), not a 500.
+    async def loading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(4096):
+            writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(loading, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0", prefix=f"gwtest-{uuid.uuid4().hex}:")
+    try:
+        with pytest.raises(StoreUnavailable):
+            await bounded(store.key_by_hash(hash_key("sk-loading-0001")))
+        assert await store.status() == "degraded"
+        assert (await bounded(store.admit(admission(make_key())))).local
+    finally:
+        await bounded(store.aclose())
+        server.close()
+        await server.wait_closed()
