@@ -31,7 +31,7 @@ end
 
 if tpm > 0 then
   local flat = redis.call('HGETALL', KEYS[2])
-  local live, stale = {}, {}
+  local live, stale, oldest = {}, {}, second
   for i = 1, #flat, 2 do
     local s, v = tonumber(flat[i]), tonumber(flat[i + 1])
     if s <= second - 60 then
@@ -39,17 +39,20 @@ if tpm > 0 then
     else
       live[#live + 1] = {s, v}
       used_tok = used_tok + v
+      if s < oldest then oldest = s end
     end
   end
   if #stale > 0 then redis.call('HDEL', KEYS[2], unpack(stale)) end
-  table.sort(live, function(a, b) return a[1] < b[1] end)
-  tok_reset = ((#live > 0 and live[1][1] or second) + 60) * 1000 - now
+  tok_reset = (oldest + 60) * 1000 - now
   if refused > 0 then
     -- counted for the headers only
   elseif tokens > tpm then
     refused = 3
   elseif used_tok + tokens > tpm then
     refused = 2
+    -- Sorted only here, on Redis's one thread shared by every instance: a refusal
+    -- needs the buckets oldest first, an admission only the oldest.
+    table.sort(live, function(a, b) return a[1] < b[1] end)
     local freed = 0
     for _, b in ipairs(live) do
       freed = freed + b[2]
