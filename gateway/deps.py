@@ -125,6 +125,7 @@ async def _admit(
         default=0.0,
     )
     grant = await resources.gatekeeper.admit(key, prompt + max_output, cost)
+    access.headers = grant.headers
     return Call(resources, access, key, body, route, grant, prompt)
 
 

@@ -51,7 +51,6 @@ async def open_stream(
     error_frame: Callable[[GatewayError], bytes],
     done_frame: bytes | None,
     on_close: Callable[[StreamState], Awaitable[None]],
-    headers: dict[str, str],
     commit_after: float = COMMIT_AFTER_SECONDS,
     keepalive: float = KEEPALIVE_SECONDS,
 ) -> EventStreamResponse:
@@ -80,7 +79,6 @@ async def open_stream(
     return EventStreamResponse(
         _relay(first, chunks, state, encode, error_frame, done_frame),
         on_close=close,
-        headers=headers,
         keepalive=keepalive,
     )
 
@@ -150,15 +148,12 @@ class EventStreamResponse(Response):
         content: AsyncIterator[bytes],
         *,
         on_close: Callable[[], Awaitable[None]],
-        headers: dict[str, str] | None = None,
         keepalive: float = KEEPALIVE_SECONDS,
     ) -> None:
         self.status_code = 200
         self.background = None
         self.body_iterator = content
-        self.init_headers(
-            {**(headers or {}), "cache-control": "no-store", "x-accel-buffering": "no"}
-        )
+        self.init_headers({"cache-control": "no-store", "x-accel-buffering": "no"})
         self._on_close = on_close
         self._keepalive = keepalive
 

@@ -1,7 +1,9 @@
 """The request context, as pure ASGI middleware (no ``BaseHTTPMiddleware`` on the hot path).
 
 For every HTTP request it settles the request id (the client's ``x-request-id``
-when it is sane, else a new one) and echoes it, refuses bodies over
+when it is sane, else a new one) and echoes it, adds what the request's
+admission and routing set (rate-limit headers, ``x-gateway-served-by``) to
+whatever answer it gets, success or error, refuses bodies over
 ``max_body_bytes`` with 413 before anything parses them, answers an
 unexpected error with the 500 envelope (logged once, with the request id), and
 writes the one access-log line when the response is done.
@@ -56,7 +58,12 @@ class RequestContextMiddleware:
         def send_with_id(message: Message) -> Awaitable[None]:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                headers = [*message.get("headers", ()), id_header]
+                if record.served_by is not None:
+                    headers.append((b"x-gateway-served-by", record.served_by.encode()))
+                if record.headers:
+                    headers += [(k.encode(), v.encode()) for k, v in record.headers.items()]
+                message["headers"] = headers
             return send(message)
 
         limit = self.max_body_bytes

@@ -36,16 +36,15 @@ _to_completion_json = ChatCompletion.__pydantic_serializer__.to_json
 _to_embedding_json = EmbeddingResponse.__pydantic_serializer__.to_json
 
 
-def _json(body: bytes, headers: dict[str, str]) -> Response:
-    return Response(body, media_type="application/json", headers=headers)
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
-def _pick(call: Call) -> tuple[Target, CallContext, dict[str, str]]:
+def _pick(call: Call) -> tuple[Target, CallContext]:
     target = call.resources.router.pick(call.route)
     access = call.access
-    access.served_by = target.served_by
-    ctx = CallContext(request_id=access.request_id, deployment=target.deployment)
-    return target, ctx, {**call.grant.headers, "x-gateway-served-by": target.served_by}
+    access.served_by = target.served_by  # also the x-gateway-served-by header
+    return target, CallContext(request_id=access.request_id, deployment=target.deployment)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
@@ -55,9 +54,9 @@ async def chat_completions(call: ChatCall) -> Response:
     tokens_in = tokens_out = 0
     error, streaming = True, False
     try:
-        target, ctx, headers = _pick(call)
+        target, ctx = _pick(call)
         if body.stream:
-            response = await _stream_chat(call, target, ctx, headers)
+            response = await _stream_chat(call, target, ctx)
             streaming = True  # from here the stream settles itself when it ends
             return response
         started = time.perf_counter()
@@ -67,10 +66,7 @@ async def chat_completions(call: ChatCall) -> Response:
         if answer.usage is not None:
             tokens_in, tokens_out = answer.usage.prompt_tokens, answer.usage.completion_tokens
         error = False
-        return _json(_to_completion_json(answer, exclude_unset=True), headers)
-    except GatewayError as exc:
-        exc.headers.update(call.grant.headers)
-        raise
+        return _json(_to_completion_json(answer, exclude_unset=True))
     finally:
         if not streaming:
             await settle(
@@ -83,7 +79,7 @@ async def chat_completions(call: ChatCall) -> Response:
 
 
 async def _stream_chat(
-    call: Call[ChatCompletionRequest], target: Target, ctx: CallContext, headers: dict[str, str]
+    call: Call[ChatCompletionRequest], target: Target, ctx: CallContext
 ) -> Response:
     body, access = call.body, call.access
     model = body.model
@@ -130,7 +126,6 @@ async def _stream_chat(
             error_frame=_error_frame,
             done_frame=_DONE,
             on_close=on_close,
-            headers=headers,
             commit_after=server.stream_commit_seconds,
             keepalive=server.keepalive_seconds,
         )
@@ -149,15 +144,12 @@ async def embeddings(call: EmbeddingCall) -> Response:
     tokens = 0
     error = True
     try:
-        target, ctx, headers = _pick(call)
+        target, ctx = _pick(call)
         answer = await target.provider.embed(call.body, ctx)
         answer.model = call.body.model
         tokens = answer.usage.prompt_tokens
         error = False
-        return _json(_to_embedding_json(answer, exclude_unset=True), headers)
-    except GatewayError as exc:
-        exc.headers.update(call.grant.headers)
-        raise
+        return _json(_to_embedding_json(answer, exclude_unset=True))
     finally:
         await settle(call, target, input_tokens=tokens, output_tokens=0, error=error)
 

@@ -38,6 +38,8 @@ class AccessRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     outcome: str | None = None  # for streams: done | error | client_disconnect
+    # The admitted key's rate-limit headers, which every answer after admission carries.
+    headers: dict[str, str] | None = None
 
     def line(self, latency_ms: float) -> str:
         parts = [

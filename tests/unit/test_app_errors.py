@@ -21,6 +21,7 @@ from gateway.deps import admit_chat
 FULL = "sk-test-full-000001"
 LIMITED = "sk-test-limited-02"
 EXPIRED = "sk-test-expired-03"
+RATED = "sk-test-rated-0004"
 MAX_BODY = 4096
 
 CONFIG = f"""
@@ -36,6 +37,7 @@ keys:
   - {{name: full, key: {FULL}, models: ["*"]}}
   - {{name: limited, key: {LIMITED}, models: ["mock-*"]}}
   - {{name: expired, key: {EXPIRED}, expires_at: "2001-01-01T00:00:00Z"}}
+  - {{name: rated, key: {RATED}, limits: {{rpm: 100, tpm: 100000}}}}
 server:
   max_body_bytes: {MAX_BODY}
   data_dir: data
@@ -423,3 +425,26 @@ def test_scripted_upstream_failure_renders_in_the_envelope(client: TestClient) -
         "param": None,
         "code": "upstream_rate_limited",
     }
+
+
+@pytest.mark.parametrize(
+    ("fields", "status"),
+    [
+        ({}, 200),
+        ({"stream": True}, 200),
+        ({"mock": {"status": 503}}, 502),  # the upstream failed after admission
+    ],
+    ids=["answer", "stream", "upstream-error"],
+)
+def test_every_answer_after_admission_carries_the_rate_limit_headers(
+    client: TestClient, fields: dict[str, Any], status: int
+) -> None:
+    response = client.post("/v1/chat/completions", json=hello(**fields), headers=auth(RATED))
+    assert response.status_code == status
+    headers = response.headers
+    assert headers["x-ratelimit-limit-requests"] == "100"
+    assert int(headers["x-ratelimit-remaining-requests"]) < 100
+    assert headers["x-ratelimit-limit-tokens"] == "100000"
+    assert headers["x-gateway-served-by"] == "demo/mock-chat"
+    assert headers["x-request-id"]
+    assert len(headers.get_list("x-ratelimit-limit-requests")) == 1  # once, not twice
