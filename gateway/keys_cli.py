@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 
-LIMIT_FIELDS = ("rpm", "tpm", "max_parallel", "budget_usd", "budget_period")
+from gateway.schemas.admin import KeyLimits
+
+LIMIT_FIELDS = tuple(KeyLimits.model_fields)  # the admin API's limits, one flag each
 
 
 def _limit(kind: type) -> Any:

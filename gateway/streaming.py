@@ -30,9 +30,6 @@ from gateway.errors import GatewayError, UpstreamUnavailable
 
 log = logging.getLogger("gateway.streaming")
 
-KEEPALIVE_SECONDS = 15.0
-COMMIT_AFTER_SECONDS = 5.0
-
 
 class StreamState:
     """How a relayed stream ended; read by the cleanup that settles it."""
@@ -51,8 +48,8 @@ async def open_stream(
     error_frame: Callable[[GatewayError], bytes],
     done_frame: bytes | None,
     on_close: Callable[[StreamState], Awaitable[None]],
-    commit_after: float = COMMIT_AFTER_SECONDS,
-    keepalive: float = KEEPALIVE_SECONDS,
+    commit_after: float,
+    keepalive: float,
 ) -> EventStreamResponse:
     """Peek at the first chunk, then answer with a stream of the rest.
 
@@ -148,7 +145,7 @@ class EventStreamResponse(Response):
         content: AsyncIterator[bytes],
         *,
         on_close: Callable[[], Awaitable[None]],
-        keepalive: float = KEEPALIVE_SECONDS,
+        keepalive: float,
     ) -> None:
         self.status_code = 200
         self.background = None
