@@ -79,36 +79,33 @@ class Store(Protocol):
     async def in_flight(self, key_id: str) -> int: ...
 
 
-def budget_period(limits: Limits, now: datetime | None = None) -> str:
-    """The id of the budget period ``now`` falls in: UTC day, month, or all time."""
+def budget_period(limits: Limits) -> str:
+    """The id of the budget period now falls in: UTC day, month, or all time."""
     if limits.budget_usd is None:
         return ""
-    day, month, total = spend_periods(now)
+    day, month, total = spend_periods()
     return {"day": day, "month": month}.get(limits.budget_period or "total", total)
 
 
 _periods: tuple[int, tuple[str, str, str]] = (-1, ("", "", ""))
 
 
-def spend_periods(now: datetime | None = None) -> tuple[str, str, str]:
-    """Every period a settled cost counts in, whatever the key's budget is today.
+def spend_periods() -> tuple[str, str, str]:
+    """Every period a cost settled now counts in, whatever the key's budget is today.
 
     Cached per UTC day: formatting dates is a measurable cost per request.
     """
     global _periods
-    if now is None:
-        day = int(time.time() // 86400)
-        if day == _periods[0]:
-            return _periods[1]
+    day = int(time.time() // 86400)
+    if day != _periods[0]:
         moment = datetime.fromtimestamp(day * 86400, UTC)
         _periods = (day, (moment.strftime("d%Y-%m-%d"), moment.strftime("m%Y-%m"), "total"))
-        return _periods[1]
-    return now.strftime("d%Y-%m-%d"), now.strftime("m%Y-%m"), "total"
+    return _periods[1]
 
 
-def today(now: datetime | None = None) -> str:
+def today() -> str:
     """The UTC day, YYYY-MM-DD."""
-    return spend_periods(now)[0][1:]
+    return spend_periods()[0][1:]
 
 
 def duration(ms: float) -> str:

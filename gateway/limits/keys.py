@@ -55,10 +55,10 @@ class KeyRecord(BaseModel):
     source: Literal["api", "config"] = "api"
     metadata: dict[str, Any] = {}
 
-    def check_usable(self, now: datetime | None = None) -> None:
+    def check_usable(self) -> None:
         if self.revoked_at is not None:
             raise InvalidAPIKey("This API key has been revoked.")
-        if self.expires_at is not None and (now or utcnow()) >= self.expires_at:
+        if self.expires_at is not None and utcnow() >= self.expires_at:
             raise InvalidAPIKey("This API key has expired.")
 
     def allows(self, model: str) -> bool:
