@@ -127,8 +127,8 @@ class Gatekeeper:
         page: list[KeyRecord] = []
         if after is None or after in self._config_by_id:
             start = config_ids.index(after) + 1 if after else 0
-            for key_id in config_ids[start : start + limit]:
-                page.append(await self.get_key(key_id))
+            ids = config_ids[start : start + limit]
+            page += await asyncio.gather(*(self.get_key(key_id) for key_id in ids))
             if len(page) == limit:
                 return page, start + limit < len(config_ids) or bool(
                     (await self.store.list_keys(1, None))[0]

@@ -247,7 +247,7 @@ class RedisStore:
                 return [], False
             start = rank + 1
         ids = await self._call("ZRANGE", self.keys.index, start, start + limit)
-        records = [await self.get_key(i.decode()) for i in ids[:limit]]
+        records = await asyncio.gather(*(self.get_key(i.decode()) for i in ids[:limit]))
         return [r for r in records if r is not None], len(ids) > limit
 
     async def put_key(self, record: KeyRecord, digest: str | None = None) -> None:
