@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from functools import partial
 
 from fastapi import APIRouter
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.api.handlers import error_json
 from gateway.deps import Call, ChatCall, EmbeddingCall, KeyDep, ResourcesDep, settle
@@ -36,8 +39,27 @@ _to_completion_json = ChatCompletion.__pydantic_serializer__.to_json
 _to_embedding_json = EmbeddingResponse.__pydantic_serializer__.to_json
 
 
-def _json(body: bytes) -> Response:
-    return Response(body, media_type="application/json")
+class _SettlingJSON(Response):
+    """A JSON answer that settles its call once it is sent.
+
+    The client gets its answer without waiting for the bookkeeping: on a lightly
+    loaded gateway the settle's store round trip is a fifth of the latency the
+    gateway adds. Settling stays in the response's own ``finally`` (DESIGN §1).
+    Nothing is lost by the order: a client's next request on this process is
+    admitted after this settle, as the store connection keeps call order.
+    """
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, settle: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(body)
+        self._settle = settle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._settle()
 
 
 def _pick(call: Call) -> tuple[Target, CallContext]:
@@ -51,31 +73,33 @@ def _pick(call: Call) -> tuple[Target, CallContext]:
 async def chat_completions(call: ChatCall) -> Response:
     body, access = call.body, call.access
     target: Target | None = None
-    tokens_in = tokens_out = 0
-    error, streaming = True, False
+    handed_over = False  # the response settles the call from then on
     try:
         target, ctx = _pick(call)
         if body.stream:
-            response = await _stream_chat(call, target, ctx)
-            streaming = True  # from here the stream settles itself when it ends
-            return response
-        started = time.perf_counter()
-        answer = await target.provider.chat(body, ctx)
-        access.ttft_ms = (time.perf_counter() - started) * 1000
-        answer.model = body.model
-        if answer.usage is not None:
-            tokens_in, tokens_out = answer.usage.prompt_tokens, answer.usage.completion_tokens
-        error = False
-        return _json(_to_completion_json(answer, exclude_unset=True))
-    finally:
-        if not streaming:
-            await settle(
-                call,
-                target,
-                input_tokens=tokens_in,
-                output_tokens=tokens_out,
-                error=error,
+            response: Response = await _stream_chat(call, target, ctx)
+        else:
+            started = time.perf_counter()
+            answer = await target.provider.chat(body, ctx)
+            access.ttft_ms = (time.perf_counter() - started) * 1000
+            answer.model = body.model
+            usage = answer.usage
+            response = _SettlingJSON(
+                _to_completion_json(answer, exclude_unset=True),
+                partial(
+                    settle,
+                    call,
+                    target,
+                    input_tokens=usage.prompt_tokens if usage else 0,
+                    output_tokens=usage.completion_tokens if usage else 0,
+                    error=False,
+                ),
             )
+        handed_over = True
+        return response
+    finally:
+        if not handed_over:
+            await settle(call, target, input_tokens=0, output_tokens=0, error=True)
 
 
 async def _stream_chat(
@@ -141,17 +165,21 @@ def _error_frame(exc: GatewayError) -> bytes:
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=_ERRORS)
 async def embeddings(call: EmbeddingCall) -> Response:
     target: Target | None = None
-    tokens = 0
-    error = True
+    handed_over = False
     try:
         target, ctx = _pick(call)
         answer = await target.provider.embed(call.body, ctx)
         answer.model = call.body.model
         tokens = answer.usage.prompt_tokens
-        error = False
-        return _json(_to_embedding_json(answer, exclude_unset=True))
+        response = _SettlingJSON(
+            _to_embedding_json(answer, exclude_unset=True),
+            partial(settle, call, target, input_tokens=tokens, output_tokens=0, error=False),
+        )
+        handed_over = True
+        return response
     finally:
-        await settle(call, target, input_tokens=tokens, output_tokens=0, error=error)
+        if not handed_over:
+            await settle(call, target, input_tokens=0, output_tokens=0, error=True)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)

@@ -285,3 +285,51 @@ async def test_ready_notices_an_outage_without_traffic(tmp_path: Any) -> None:
         if gateway is not None:
             gateway.stop()
         own.kill()
+
+
+async def test_a_stall_after_admission_delays_the_bookkeeping_not_the_answer(
+    tmp_path: Any,
+) -> None:
+    """The answer goes out before its settle: a store that stalls between admit and
+    settle costs the client nothing, and the settle still lands when it answers."""
+    own = RedisServer(tmp_path).start()
+    gateway: ServerProcess | None = None
+    key = "sk-outage-settle-" + uuid.uuid4().hex
+    try:
+        gateway = _gateway(
+            tmp_path, own, f"gwtest-{uuid.uuid4().hex[:8]}:", "open", [{"name": "s", "key": key}]
+        )
+        gateway.wait_ready()
+        url = f"{gateway.url}/v1/chat/completions"
+        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+            warm = await client.post(url, json=chat(), headers=auth(key))
+            assert warm.status_code == 200, warm.text
+            # Admitted at once; the upstream then takes 600 ms, and Redis stalls meanwhile.
+            # Settling first would add the store's 250 ms timeout to the answer.
+            started = time.monotonic()
+            slow = {**chat(), "mock": {"delay_ms": 600}}
+            call = asyncio.create_task(client.post(url, json=slow, headers=auth(key)))
+            await asyncio.sleep(0.3)
+            own.pause()
+            try:
+                r = await call
+                took = time.monotonic() - started
+            finally:
+                own.resume()
+            assert r.status_code == 200, r.text
+            assert 0.6 <= took < 0.8, took
+            # Buffered while Redis stalled, written once it answers again: both calls count.
+            deadline = time.monotonic() + 3
+            while True:
+                usage = await client.get(
+                    f"{gateway.url}/admin/keys/{config_key_id(key)}/usage", headers=ADMIN
+                )
+                assert usage.status_code == 200, usage.text
+                if usage.json()["requests"] == 2 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert usage.json()["requests"] == 2, usage.json()
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        own.kill()
