@@ -224,7 +224,9 @@ class _Chunks:
         except ValidationError as exc:
             raise self._error_event(data) or malformed(exc) from None
         if not self._finished:
-            self._finished = any(c.finish_reason for c in chunk.choices)
+            for choice in chunk.choices:  # a loop, not any(genexpr): this runs per chunk
+                if choice.finish_reason:
+                    self._finished = True
         return chunk
 
     def _error_event(self, data: bytes) -> UpstreamError | None:
