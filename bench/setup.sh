@@ -8,14 +8,7 @@ cd "$(dirname "$0")/.."
 
 say() { printf 'bench-setup: %s\n' "$*"; }
 
-apt_install() {
-  if [ "$(id -u)" != 0 ]; then say "FAIL: $1 is missing and installing it needs root (apt-get install $1)"; exit 1; fi
-  say "installing $1 from Debian's packages"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null 2>&1 || {
-    apt-get update -qq >/dev/null 2>&1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
-  }
-}
+source scripts/apt-install.sh
 
 command -v wrk >/dev/null || apt_install wrk
 command -v taskset >/dev/null || apt_install util-linux

@@ -25,10 +25,10 @@ import httpx
 from yarl import URL
 
 from gateway.config import ProviderConfig
+from gateway.httpclient import EAGER_BODY_MAX, LeanTransport
 
 # One cached yarl.URL per distinct upstream URL: providers call a few fixed ones.
 _URL_CACHE_MAX = 1024
-_EAGER_BODY_MAX = 1024 * 1024
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -89,7 +89,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # here in one go: cheaper than streaming it through httpx's layers. Event
         # streams come chunked, without a length, and stream.
         length = response.content_length
-        if length is not None and length <= _EAGER_BODY_MAX:
+        if length is not None and length <= EAGER_BODY_MAX:
             try:
                 body = await response.read()
             except Exception as exc:
@@ -200,8 +200,6 @@ def build_upstream(
         if config.transport == "aiohttp":
             transport = AiohttpTransport(max_connections=config.max_connections)
         else:
-            from gateway.httpclient import LeanTransport
-
             transport = LeanTransport(max_connections=config.max_connections)
     client = httpx.AsyncClient(transport=transport, timeout=None, follow_redirects=False)
     return Upstream(client=client, transport=transport)

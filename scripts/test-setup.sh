@@ -26,14 +26,7 @@ if ! redis_up; then
   redis_up || { say "FAIL: the tests need Redis on 127.0.0.1:6379 (apt-get install redis-server)"; exit 1; }
 fi
 
-apt_install() {
-  if [ "$(id -u)" != 0 ]; then say "FAIL: $1 is missing and installing it needs root (apt-get install $1)"; exit 1; fi
-  say "installing $1 from Debian's packages"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null 2>&1 || {
-    apt-get update -qq >/dev/null 2>&1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null
-  }
-}
+source scripts/apt-install.sh
 
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then

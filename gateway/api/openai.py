@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from functools import partial
 
 from fastapi import APIRouter
 from starlette.responses import Response
@@ -53,15 +51,24 @@ class _SettlingJSON(Response):
 
     media_type = "application/json"
 
-    def __init__(self, body: bytes, settle: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self, body: bytes, call: Call, target: Target, input_tokens: int, output_tokens: int
+    ) -> None:
         super().__init__(body)
-        self._settle = settle
+        self._call, self._target = call, target
+        self._input_tokens, self._output_tokens = input_tokens, output_tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self._settle()
+            await settle(
+                self._call,
+                self._target,
+                input_tokens=self._input_tokens,
+                output_tokens=self._output_tokens,
+                error=False,
+            )
 
 
 def _pick(call: Call) -> tuple[Target, CallContext]:
@@ -88,14 +95,10 @@ async def chat_completions(call: ChatCall) -> Response:
             usage = answer.usage
             response = _SettlingJSON(
                 _to_completion_json(answer, exclude_unset=True),
-                partial(
-                    settle,
-                    call,
-                    target,
-                    input_tokens=usage.prompt_tokens if usage else 0,
-                    output_tokens=usage.completion_tokens if usage else 0,
-                    error=False,
-                ),
+                call,
+                target,
+                usage.prompt_tokens if usage else 0,
+                usage.completion_tokens if usage else 0,
             )
         handed_over = True
         return response
@@ -172,10 +175,12 @@ async def embeddings(call: EmbeddingCall) -> Response:
         target, ctx = _pick(call)
         answer = await target.provider.embed(call.body, ctx)
         answer.model = call.body.model
-        tokens = answer.usage.prompt_tokens
         response = _SettlingJSON(
             _to_embedding_json(answer, exclude_unset=True),
-            partial(settle, call, target, input_tokens=tokens, output_tokens=0, error=False),
+            call,
+            target,
+            answer.usage.prompt_tokens,
+            0,
         )
         handed_over = True
         return response

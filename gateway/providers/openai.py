@@ -227,6 +227,7 @@ class _Chunks:
             for choice in chunk.choices:  # a loop, not any(genexpr): this runs per chunk
                 if choice.finish_reason:
                     self._finished = True
+                    break
         return chunk
 
     def _error_event(self, data: bytes) -> UpstreamError | None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -46,13 +47,21 @@ def new_store(server: RedisServer, *, fail_open: bool) -> RedisStore:
     )
 
 
+@asynccontextmanager
+async def running(store: RedisStore) -> AsyncIterator[RedisStore]:
+    """``store`` started (also against a dead Redis), and closed however the test ends."""
+    await bounded(store.start())
+    try:
+        yield store
+    finally:
+        await bounded(store.aclose())
+
+
 async def test_fail_open_serves_locally_buffers_usage_and_recovers(
     redis_server: Callable[..., RedisServer],
 ) -> None:
     server = redis_server()
-    store = new_store(server, fail_open=True)
-    await store.start()
-    try:
+    async with running(new_store(server, fail_open=True)) as store:
         key = make_key(Limits(rpm=100, max_parallel=2))
         in_flight = await bounded(store.admit(admission(key)))  # admitted by Redis
         assert not in_flight.local
@@ -92,17 +101,13 @@ async def test_fail_open_serves_locally_buffers_usage_and_recovers(
         assert again.headers["x-ratelimit-remaining-requests"] == "99"  # Redis came back empty
         await bounded(store.settle(again, event("model-a", 1, 1, 0.0)))
         assert (await bounded(store.usage(key.id))).requests == 3
-    finally:
-        await bounded(store.aclose())
 
 
 async def test_fail_closed_refuses_while_down_and_recovers(
     redis_server: Callable[..., RedisServer],
 ) -> None:
     server = redis_server()
-    store = new_store(server, fail_open=False)
-    await store.start()
-    try:
+    async with running(new_store(server, fail_open=False)) as store:
         key = make_key(Limits(rpm=100))
         held = await bounded(store.admit(admission(key)))
         assert not held.local
@@ -126,8 +131,6 @@ async def test_fail_closed_refuses_while_down_and_recovers(
         doc = await bounded(store.usage(key.id))
         assert (doc.requests, doc.input_tokens, doc.output_tokens) == (1, 7, 8)
         assert doc.cost_usd == pytest.approx(0.5)
-    finally:
-        await bounded(store.aclose())
 
 
 async def test_a_store_started_while_redis_is_down_recovers(
@@ -135,17 +138,13 @@ async def test_a_store_started_while_redis_is_down_recovers(
 ) -> None:
     server = redis_server()
     server.kill()
-    store = new_store(server, fail_open=True)
-    await bounded(store.start())
-    try:
+    async with running(new_store(server, fail_open=True)) as store:
         assert await store.status() == "degraded"
         key = make_key(Limits(rpm=5))
         assert (await bounded(store.admit(admission(key)))).local
         server.start()
         await eventually_ok(store)
         assert not (await bounded(store.admit(admission(key)))).local
-    finally:
-        await bounded(store.aclose())
 
 
 def drop_connections(server: RedisServer) -> None:
@@ -166,9 +165,9 @@ async def test_a_hung_redis_never_hangs_a_call(
     # command shows it is gone. URLs with a database or a password send one (SELECT,
     # AUTH) while connecting: that one must be bounded like every other.
     server = redis_server(password=password)
-    store = RedisStore(server.url_for(db), prefix=f"gwtest-{uuid.uuid4().hex}:", lease_ttl_ms=5_000)
-    await store.start()
-    try:
+    async with running(
+        RedisStore(server.url_for(db), prefix=f"gwtest-{uuid.uuid4().hex}:", lease_ttl_ms=5_000)
+    ) as store:
         key = make_key(Limits(rpm=100))
         await bounded(store.put_key(key, hash_key("sk-hung")))
         assert not (await bounded(store.admit(admission(key)))).local
@@ -197,8 +196,6 @@ async def test_a_hung_redis_never_hangs_a_call(
         assert not again.local
         doc = await bounded(store.usage(key.id))
         assert (doc.requests, doc.input_tokens, doc.output_tokens) == (1, 2, 3)
-    finally:
-        await bounded(store.aclose())
 
 
 async def test_a_cancelled_caller_does_not_fail_the_others(
@@ -208,9 +205,9 @@ async def test_a_cancelled_caller_does_not_fail_the_others(
     # away). The other was not cancelled, so it must get an answer, not CancelledError.
     # (Database 3, so connecting includes a SELECT that a hung Redis leaves unanswered.)
     server = redis_server()
-    store = RedisStore(server.url_for(3), prefix=f"gwtest-{uuid.uuid4().hex}:")
-    await store.start()
-    try:
+    async with running(
+        RedisStore(server.url_for(3), prefix=f"gwtest-{uuid.uuid4().hex}:")
+    ) as store:
         key = make_key(Limits(rpm=100))
         await bounded(store.admit(admission(key)))
         drop_connections(server)
@@ -226,8 +223,6 @@ async def test_a_cancelled_caller_does_not_fail_the_others(
             assert isinstance(outcome, StoreUnavailable), repr(outcome)
         finally:
             server.resume()
-    finally:
-        await bounded(store.aclose())
 
 
 async def test_recovery_outlasts_a_redis_that_refuses_writes(
@@ -236,9 +231,7 @@ async def test_recovery_outlasts_a_redis_that_refuses_writes(
     # Redis comes back but answers errors for a while (full: OOM; a restart with data:
     # LOADING). Recovery must keep trying, not give up for good on the first error.
     server = redis_server()
-    store = new_store(server, fail_open=True)
-    await store.start()
-    try:
+    async with running(new_store(server, fail_open=True)) as store:
         key = make_key(Limits(rpm=100))
         server.kill()
         grant = await bounded(store.admit(admission(key)))
@@ -255,8 +248,6 @@ async def test_recovery_outlasts_a_redis_that_refuses_writes(
         await eventually_ok(store)
         doc = await bounded(store.usage(key.id))
         assert (doc.requests, doc.input_tokens, doc.output_tokens) == (1, 4, 6)
-    finally:
-        await bounded(store.aclose())
 
 
 async def test_a_partly_failed_flush_resends_only_what_failed(
@@ -307,9 +298,7 @@ async def test_a_settle_written_back_releases_its_reservation_in_its_own_day(
     # before). Written back, it must still release the reservation, and its real cost
     # must count in the day it was spent: today's budget is then whole again.
     server = redis_server()
-    store = new_store(server, fail_open=True)
-    await store.start()
-    try:
+    async with running(new_store(server, fail_open=True)) as store:
         key = make_key(Limits(budget_usd=1.0, budget_period="day"))
         reserved = await bounded(store.admit(admission(key, cost=0.5)))
         assert not reserved.local
@@ -327,8 +316,6 @@ async def test_a_settle_written_back_releases_its_reservation_in_its_own_day(
         assert not whole.local
         doc = await bounded(store.usage(key.id))
         assert [(d.day, d.cost_usd) for d in doc.by_day] == [(yesterday, 0.25)]
-    finally:
-        await bounded(store.aclose())
 
 
 async def test_a_redis_still_loading_its_data_is_unavailable_not_an_error() -> None:
