@@ -45,6 +45,8 @@ class Grant:
     period: str = ""  # the budget period it was reserved in
     lease: bool = False
     local: bool = False  # admitted by the per-process fallback while the store was down
+    # ... because the store's admit failed: it may have run, its reply lost on the way.
+    unsure: bool = False
     headers: dict[str, str] = field(default_factory=dict)
 
 

@@ -1,7 +1,7 @@
 """The Redis store: keys, limits and usage shared by every worker and instance.
 
-Limits are checked by one Lua script per request (``admit_v1``) and settled by
-one more (``settle_v1``), both on Redis's clock. Every key a script touches
+Limits are checked by one Lua script per request (``admit_v2``) and settled by
+one more (``settle_v2``), both on Redis's clock. Every key a script touches
 carries the gateway key's hash tag (``gw:{key_...}:rpm``), so each call lands
 on one slot of a Redis Cluster.
 
@@ -89,8 +89,8 @@ class RedisStore:
         self._redis = RedisConnection(url, timeout=TIMEOUT_SECONDS)
         self.keys = KeySpace(prefix)
         self.fail_open = fail_open
-        self._admit = _script("admit_v1.lua")
-        self._settle = _script("settle_v1.lua")
+        self._admit = _script("admit_v2.lua")
+        self._settle = _script("settle_v2.lua")
         self._renew = _script("renew_v1.lua")
         self._lease_ttl = lease_ttl_ms
         self._local = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
@@ -285,7 +285,12 @@ class RedisStore:
             )
         except (*_DOWN, ReplyError) as exc:  # refusing writes (OOM, ...) is down too
             self._went_down(exc)
-            return self._admit_locally(admission)
+            grant = self._admit_locally(admission)
+            # The script may have run and only its reply been lost: the settle then gives
+            # back the lease and budget Redis holds under this ticket (a tpm reservation
+            # leaves the window within the minute).
+            grant.unsure = True
+            return grant
         refused, retry_ms, used_req, req_reset, used_tok, tok_reset, bucket = answer
         headers = rate_headers(
             limits,
@@ -315,8 +320,9 @@ class RedisStore:
     async def settle(self, grant: Grant, usage: UsageEvent) -> None:
         if grant.local:
             self._local.settle(grant, usage)
-            # What it took was local; only its usage is Redis's.
-            grant = Grant(key_id=grant.key_id, request_id=grant.request_id)
+            # What it took was local; only its usage is Redis's (and, if unsure, what a
+            # lost admit may have taken there).
+            grant = Grant(key_id=grant.key_id, request_id=grant.request_id, unsure=grant.unsure)
         if self.degraded:
             self._buffer.append((grant, usage))
             return
@@ -378,11 +384,10 @@ def _settle_args(grant: Grant, usage: UsageEvent) -> list[object]:
     day_period, month_period = f"d{usage.day}", f"m{usage.day[:7]}"
     return [
         grant.request_id,
-        1 if grant.lease else 0,
+        1 if grant.lease or grant.unsure else 0,
         grant.bucket,
         usage.input_tokens + usage.output_tokens - grant.tokens if grant.bucket >= 0 else 0,
-        grant.period,
-        repr(float(grant.cost)),
+        1 if grant.period or grant.unsure else 0,
         repr(float(usage.cost)),
         usage.day,
         usage.model,

@@ -338,3 +338,74 @@ async def test_a_redis_still_loading_its_data_is_unavailable_not_an_error() -> N
         await bounded(store.aclose())
         server.close()
         await server.wait_closed()
+
+
+class ReplyStall:
+    """A loopback proxy in front of Redis that can hold Redis's replies back: commands
+    still reach Redis and run, but their answers are late, as on a stalled network."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.flowing = asyncio.Event()  # cleared: replies are held
+        self.flowing.set()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ReplyStall:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.redis_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if held:
+                        await self.flowing.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(client_r, redis_w, False), pump(redis_r, client_w, True))
+
+
+async def test_an_admit_whose_reply_was_lost_gives_back_its_lease_and_budget(
+    redis_server: Callable[..., RedisServer],
+) -> None:
+    # Redis runs the admit (a lease and half the day's budget taken) but its reply is held
+    # past the timeout: the gateway admits on its local limits instead. When Redis is back,
+    # that request's settle must give back what the lost admit took in Redis, or the key
+    # would be short of a slot for the lease's life and of the budget for the whole day.
+    server = redis_server()
+    async with ReplyStall(server.port) as stall:
+        store = RedisStore(
+            f"redis://127.0.0.1:{stall.port}/0",
+            fail_open=True,
+            prefix=f"gwtest-{uuid.uuid4().hex}:",
+            lease_ttl_ms=30_000,
+        )
+        async with running(store):
+            key = make_key(Limits(max_parallel=1, budget_usd=1.0, budget_period="day"))
+            await bounded(store.admit(admission(make_key())))  # the scripts are loaded
+            stall.flowing.clear()
+            lost = await bounded(store.admit(admission(key, cost=0.5)))
+            stall.flowing.set()
+            assert lost.local
+            await bounded(store.settle(lost, event("model-a", 10, 5, 0.1)))
+            await eventually_ok(store)
+
+            # The slot is free (the lease would hold it for 30 s) and the budget whole
+            # but for the real cost: 0.1 spent, so 0.9 more fits.
+            again = await bounded(store.admit(admission(key, cost=0.9)))
+            assert not again.local
+            doc = await bounded(store.usage(key.id))
+            assert (doc.requests, doc.cost_usd) == (1, pytest.approx(0.1))

@@ -1,4 +1,7 @@
--- admit_v1: check and take every limit of one gateway key, atomically.
+-- admit_v2: check and take every limit of one gateway key, atomically.
+-- v2 (over v1): the budget reservation is also kept under its ticket, 'r:<ticket>' ->
+-- '<period> <cost>' in the spend hash, so settle_v2 gives back what this script took
+-- even when its reply never reached the gateway.
 -- KEYS: rpm (zset), tpm (hash second -> tokens), leases (zset), spend (hash period -> usd);
 --       all share the key's hash tag, so the script touches one cluster slot.
 -- ARGV: rpm, tpm, max_parallel, budget_usd (0 = no limit), tokens, cost_usd,
@@ -96,5 +99,6 @@ if maxp > 0 then
 end
 if budget > 0 then
   redis.call('HINCRBYFLOAT', KEYS[4], period, ARGV[6])
+  redis.call('HSET', KEYS[4], 'r:' .. ticket, period .. ' ' .. ARGV[6])
 end
 return {0, 0, used_req, req_reset, used_tok, tok_reset, bucket}
