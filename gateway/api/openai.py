@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.handlers import error_json
+from gateway.api.handlers import error_json, error_response
 from gateway.deps import Call, ChatCall, EmbeddingCall, KeyDep, ResourcesDep, settle
 from gateway.errors import GatewayError
 from gateway.providers.base import CallContext
@@ -23,7 +23,7 @@ from gateway.schemas.openai import (
     ModelCard,
     ModelList,
 )
-from gateway.streaming import StreamState, open_stream
+from gateway.streaming import EventStreamResponse, StreamState
 
 router = APIRouter(tags=["openai"])
 
@@ -149,18 +149,20 @@ async def _stream_chat(
     stack = AsyncExitStack()
     try:
         chunks = await stack.enter_async_context(target.provider.stream(body, ctx))
-        return await open_stream(
-            chunks,
-            encode=encode,
-            error_frame=_error_frame,
-            done_frame=_DONE,
-            on_close=on_close,
-            commit_after=server.stream_commit_seconds,
-            keepalive=server.keepalive_seconds,
-        )
     except BaseException:
         await stack.aclose()
         raise
+    # From here the response owns the stream: it peeks, relays and closes it.
+    return EventStreamResponse(
+        chunks,
+        encode=encode,
+        error_frame=_error_frame,
+        error_response=error_response,
+        done_frame=_DONE,
+        on_close=on_close,
+        commit_after=server.stream_commit_seconds,
+        keepalive=server.keepalive_seconds,
+    )
 
 
 def _error_frame(exc: GatewayError) -> bytes:

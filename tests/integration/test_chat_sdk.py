@@ -351,6 +351,33 @@ def test_client_disconnect_cancels_the_upstream(
     assert after["in_flight"] == 0
 
 
+def test_client_leaving_before_the_first_token_cancels_the_upstream(
+    gateway: ServerProcess, upstream: ServerProcess
+) -> None:
+    before = _stats(upstream)
+    body = {"model": "up-chat", "messages": HELLO, "stream": True, "mock": {"ttft_ms": 4000}}
+    # Headers are held for the first token (or 5 s): the client sees nothing and leaves.
+    left = time.monotonic()
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(
+            f"{gateway.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {TEST_KEY}"},
+            timeout=httpx.Timeout(10, read=0.3),
+        )
+    # Seen at once, not when the first token would have come (4 s).
+    deadline = left + 2.5
+    while time.monotonic() < deadline:
+        after = _stats(upstream)
+        if after["streams_disconnected"] > before["streams_disconnected"]:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the upstream never saw the client leave: {after}")
+    assert after["streams_completed"] == before["streams_completed"]
+    assert after["in_flight"] == 0
+
+
 async def test_fifty_concurrent_streams_complete_intact(aclient: openai.AsyncOpenAI) -> None:
     async def one(i: int) -> tuple[str, str]:
         messages = [{"role": "user", "content": f"prompt number {i}"}]
