@@ -29,6 +29,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 DEFAULT_CHUNKS = 16
 CREATED = 1_700_000_000
@@ -132,6 +133,29 @@ def stream_frames(model: str, words: int, prompt: int, usage: bool) -> tuple[byt
     return frames
 
 
+def stamp_frame(arrived: float) -> bytes:
+    """A stamped stream's first chunk: its text is when the request arrived and when
+    this chunk was written (``time.perf_counter()``, the same clock in every process
+    of the machine), for bench/ttft_split.py."""
+    chunk = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": CREATED,
+        "model": "bench",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {
+                    "role": "assistant",
+                    "content": f"@{arrived:.7f} {time.perf_counter():.7f}",
+                },
+                "finish_reason": None,
+            }
+        ],
+    }
+    return _frame(_dumps(chunk).encode())
+
+
 STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
     b"transfer-encoding: chunked\r\n"
@@ -161,6 +185,7 @@ class Upstream(asyncio.Protocol):
         "_next",
         "_paused",
         "_stalled",
+        "_stamp",
         "_transport",
         "_words",
     )
@@ -178,6 +203,7 @@ class Upstream(asyncio.Protocol):
         self._close_after = False
         self._paused = False
         self._stalled = False
+        self._stamp: float | None = None  # when a stamped stream's request arrived
 
     # ---------------------------------------------------------------- transport
 
@@ -300,6 +326,7 @@ class Upstream(asyncio.Protocol):
         options = request.get("stream_options") or {}
         usage = bool(isinstance(options, dict) and options.get("include_usage"))
         self._busy = True
+        self._stamp = time.perf_counter() if mock.get("stamp") else None
         self._frames = stream_frames(model, words, prompt, usage)
         self._words = words
         self._next = 0
@@ -332,7 +359,10 @@ class Upstream(asyncio.Protocol):
         end = len(frames)
         i = self._next
         while not self._paused:
-            transport.write(frames[i])
+            if i == 0 and self._stamp is not None:
+                transport.write(stamp_frame(self._stamp))
+            else:
+                transport.write(frames[i])
             i += 1
             if i == end:
                 break
