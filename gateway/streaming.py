@@ -97,16 +97,21 @@ class EventStreamResponse(Response):
         assert relay is not None
         state = StreamState()
         start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-        # Whoever sends the status line sets ``started`` first, in the same step: the
-        # relay and the watcher never both send it. (uvicorn's send cannot suspend
+        # ``commit`` sets ``started`` before it sends the status line, in the same step:
+        # the relay and the watcher never both send it. (uvicorn's send cannot suspend
         # before a response's first write, so the line is out before anything else.)
         started = False
         sent = 0  # frames sent so far, read by the keep-alive
         finished = False
         disconnected = False
 
+        async def commit() -> None:
+            nonlocal started
+            started = True
+            await send(start)
+
         async def watch() -> None:
-            nonlocal disconnected, started
+            nonlocal disconnected
             seen = 0  # a stream silent since its headers gets its first ping after one interval
             wait = self._commit_after
             while True:
@@ -118,8 +123,7 @@ class EventStreamResponse(Response):
                     if finished:
                         continue
                     if not started:  # no chunk yet: commit, and hold the line with pings
-                        started = True
-                        await send(start)
+                        await commit()
                     elif sent == seen:
                         await send(_PING)
                     seen = sent
@@ -140,8 +144,7 @@ class EventStreamResponse(Response):
                     if data is None:
                         continue
                     if not started:
-                        started = True
-                        await send(start)
+                        await commit()
                     state.chunks += 1
                     await send({"type": "http.response.body", "body": data, "more_body": True})
                     sent += 1
@@ -159,8 +162,7 @@ class EventStreamResponse(Response):
                 await self._error_response(error)(scope, receive, send)
                 return
             if not started:
-                started = True
-                await send(start)
+                await commit()
             last = self._done_frame if error is None else self._error_frame(error)
             # The last frame and the end of the body in one write.
             await send({"type": "http.response.body", "body": last or b"", "more_body": False})

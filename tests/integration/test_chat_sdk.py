@@ -319,6 +319,19 @@ def _stats(upstream: ServerProcess) -> dict:
     return httpx.get(f"{upstream.url}/mock/stats").json()
 
 
+def _assert_upstream_saw_the_client_leave(upstream: ServerProcess, before: dict, by: float) -> None:
+    """By ``by`` (monotonic), the upstream stopped one more stream for a gone client."""
+    while time.monotonic() < by:
+        after = _stats(upstream)
+        if after["streams_disconnected"] > before["streams_disconnected"]:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the upstream never saw the client leave: {after}")
+    assert after["streams_completed"] == before["streams_completed"]
+    assert after["in_flight"] == 0
+
+
 def test_client_disconnect_cancels_the_upstream(
     gateway: ServerProcess, upstream: ServerProcess
 ) -> None:
@@ -339,16 +352,7 @@ def test_client_disconnect_cancels_the_upstream(
             if line.startswith("data: "):
                 break
     # The client is gone after one chunk; the 10 s upstream stream must stop now.
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        after = _stats(upstream)
-        if after["streams_disconnected"] > before["streams_disconnected"]:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"the upstream never saw the disconnect: {after}")
-    assert after["streams_completed"] == before["streams_completed"]
-    assert after["in_flight"] == 0
+    _assert_upstream_saw_the_client_leave(upstream, before, by=time.monotonic() + 3)
 
 
 def test_client_leaving_before_the_first_token_cancels_the_upstream(
@@ -366,16 +370,7 @@ def test_client_leaving_before_the_first_token_cancels_the_upstream(
             timeout=httpx.Timeout(10, read=0.3),
         )
     # Seen at once, not when the first token would have come (4 s).
-    deadline = left + 2.5
-    while time.monotonic() < deadline:
-        after = _stats(upstream)
-        if after["streams_disconnected"] > before["streams_disconnected"]:
-            break
-        time.sleep(0.05)
-    else:
-        pytest.fail(f"the upstream never saw the client leave: {after}")
-    assert after["streams_completed"] == before["streams_completed"]
-    assert after["in_flight"] == 0
+    _assert_upstream_saw_the_client_leave(upstream, before, by=left + 2.5)
 
 
 async def test_fifty_concurrent_streams_complete_intact(aclient: openai.AsyncOpenAI) -> None:
