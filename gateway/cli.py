@@ -36,7 +36,7 @@ def _uvicorn_kwargs(args: argparse.Namespace) -> dict[str, object]:
         "host": args.host,
         "port": args.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": "gateway.server:HttpProtocol",  # httptools, one write per answer
         "access_log": False,  # the gateway writes its own, with what uvicorn cannot know
         "log_level": args.log_level.lower(),
         "server_header": False,
