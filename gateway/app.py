@@ -35,7 +35,14 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             await resources.aclose()
             await access_log.aclose()
 
-    app = FastAPI(title="LLM gateway", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="LLM gateway",
+        version=__version__,
+        lifespan=lifespan,
+        # FastAPI's built-in OpenTelemetry asks, on every request, whether a provider
+        # is configured; the gateway configures none, so it is switched off.
+        telemetry=_NO_TELEMETRY,
+    )
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(health.router)
@@ -54,6 +61,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         access_log=access_log,
     )
     return app
+
+
+_NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def _tune_gc() -> None:

@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from gateway.api.handlers import error_json, error_response
+from gateway.api.route import AdmittedRoute
 from gateway.deps import Call, ChatCall, EmbeddingCall, KeyDep, ResourcesDep, settle
 from gateway.errors import GatewayError
 from gateway.providers.base import CallContext
@@ -25,7 +26,7 @@ from gateway.schemas.openai import (
 )
 from gateway.streaming import EventStreamResponse, StreamState
 
-router = APIRouter(tags=["openai"])
+router = APIRouter(tags=["openai"], route_class=AdmittedRoute)
 
 _ERRORS = {
     status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 502, 503, 504)
