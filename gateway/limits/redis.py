@@ -42,6 +42,7 @@ log = logging.getLogger("gateway.limits")
 TIMEOUT_SECONDS = 0.25
 RECOVERY_POLL_SECONDS = 0.5
 BUFFER_LIMIT = 100_000
+_KEY_LISTS_MAX = 100_000
 _DOWN = (RedisDown, OSError)
 # Replies of a Redis that is up but cannot serve yet (loading its data, a replica cut
 # off from its primary, a cluster reconfiguring): unavailable, not a bug.
@@ -57,15 +58,32 @@ class KeySpace:
 
     def __init__(self, prefix: str = "gw:") -> None:
         self.prefix = prefix
+        # The scripts' key lists, built once per gateway key: every request needs both.
+        self._admit: dict[str, tuple[str, ...]] = {}
+        self._settle: dict[str, tuple[str, ...]] = {}
 
     def tagged(self, key_id: str, part: str) -> str:
         return f"{self.prefix}{{{key_id}}}:{part}"
 
-    def admit_keys(self, key_id: str) -> list[str]:
-        return [self.tagged(key_id, p) for p in ("rpm", "tpm", "lease", "spend")]
+    def admit_keys(self, key_id: str) -> tuple[str, ...]:
+        keys = self._admit.get(key_id)
+        if keys is None:
+            keys = self._remember(self._admit, key_id, ("rpm", "tpm", "lease", "spend"))
+        return keys
 
-    def settle_keys(self, key_id: str) -> list[str]:
-        return [self.tagged(key_id, p) for p in ("tpm", "lease", "spend", "usage", "meta")]
+    def settle_keys(self, key_id: str) -> tuple[str, ...]:
+        keys = self._settle.get(key_id)
+        if keys is None:
+            keys = self._remember(self._settle, key_id, ("tpm", "lease", "spend", "usage", "meta"))
+        return keys
+
+    def _remember(
+        self, cache: dict[str, tuple[str, ...]], key_id: str, parts: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        if len(cache) >= _KEY_LISTS_MAX:  # bounded: key ids come and go
+            cache.clear()
+        keys = cache[key_id] = tuple(self.tagged(key_id, p) for p in parts)
+        return keys
 
     def by_hash(self, digest: str) -> str:
         return f"{self.prefix}hash:{digest}"

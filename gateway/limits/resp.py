@@ -6,7 +6,7 @@ a pool checkout and release, an ``asyncio.wait_for`` per socket operation,
 retry wrappers and command packing — about 78 µs of CPU per call against 30
 µs here (DESIGN §9 / issue 5). This keeps one connection per process and lets
 any number of calls be in flight on it at once (Redis answers in order, so
-replies are matched to callers first-in first-out), parses with hiredis, and
+replies are matched to callers first-in first-out), packs and parses with hiredis, and
 bounds every call with ONE watchdog per connection instead of a timer per
 call: a reply older than ``timeout`` means the connection is dead, every
 caller gets ``RedisDown`` at once, and the next call reconnects.
@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
@@ -42,22 +43,6 @@ class Script:
     @classmethod
     def of(cls, source: str) -> Script:
         return cls(source, hashlib.sha1(source.encode()).hexdigest())
-
-
-def _encode(args: tuple[object, ...]) -> bytes:
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        kind = arg.__class__
-        if kind is str:
-            data = arg.encode()  # type: ignore[attr-defined]
-        elif kind is int:
-            data = b"%d" % arg
-        elif kind is bytes:
-            data = arg  # type: ignore[assignment]
-        else:
-            data = str(arg).encode()
-        parts.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(parts)
 
 
 class _Protocol(asyncio.Protocol):
@@ -178,7 +163,7 @@ class RedisConnection:
     async def _send(self, protocol: _Protocol, args: tuple[object, ...]) -> object:
         future = asyncio.get_running_loop().create_future()
         protocol.waiters.append((future, asyncio.get_running_loop().time()))
-        protocol.write(_encode(args))
+        protocol.write(hiredis.pack_command(args))  # C: a third of the Python's cost
         reply = await future
         if isinstance(reply, ReplyError):
             raise reply
@@ -188,7 +173,7 @@ class RedisConnection:
         """One command; raises ``RedisDown`` or ``ReplyError``."""
         return await self._send(await self._ready(), args)
 
-    async def evalsha(self, script: Script, keys: list[str], args: list[object]) -> object:
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> object:
         protocol = await self._ready()
         try:
             return await self._send(protocol, ("EVALSHA", script.sha, len(keys), *keys, *args))
