@@ -47,6 +47,8 @@ class Script:
 
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
+        # Kept: on Python 3.11 every asyncio.get_running_loop() is a getpid() system call.
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.reader = hiredis.Reader(replyError=ReplyError)
         self.waiters: deque[tuple[asyncio.Future[object], float]] = deque()
@@ -61,7 +63,7 @@ class _Protocol(asyncio.Protocol):
         them saves both.
         """
         if not self._outgoing:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self.loop.call_soon(self._flush)
         self._outgoing.append(data)
 
     def _flush(self) -> None:
@@ -161,8 +163,9 @@ class RedisConnection:
         return await asyncio.shield(self._connecting)
 
     async def _send(self, protocol: _Protocol, args: tuple[object, ...]) -> object:
-        future = asyncio.get_running_loop().create_future()
-        protocol.waiters.append((future, asyncio.get_running_loop().time()))
+        loop = protocol.loop
+        future = loop.create_future()
+        protocol.waiters.append((future, loop.time()))
         protocol.write(hiredis.pack_command(args))  # C: a third of the Python's cost
         reply = await future
         if isinstance(reply, ReplyError):

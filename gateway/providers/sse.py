@@ -84,6 +84,7 @@ class SSEStream:
         "_expired",
         "_first",
         "_idle",
+        "_loop",
         "_pending",
         "_raw",
         "_read_started",
@@ -102,6 +103,7 @@ class SSEStream:
         deadline: float,
     ) -> None:
         self._raw = raw
+        self._loop = asyncio.get_running_loop()  # on 3.11 each lookup is a getpid() call
         self._decoder = SSEDecoder()
         self._pending: deque[SSEEvent] = deque()
         self._first, self._idle, self._deadline = first_token, idle, deadline
@@ -146,7 +148,7 @@ class SSEStream:
         self._timer = None
         if self._reader is None:
             return  # no read in progress; the next read arms the timer again
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         expiry, phase = self._expiry()
         if loop.time() >= expiry:
             self._expired = phase
@@ -157,7 +159,7 @@ class SSEStream:
     async def __anext__(self) -> SSEEvent:
         pending = self._pending
         while not pending:
-            loop = asyncio.get_running_loop()
+            loop = self._loop
             self._read_started = now = loop.time()
             if now >= self._deadline:
                 raise UpstreamTimeout(
