@@ -4,7 +4,9 @@ wrk sees neither when the first token arrived nor how many streams were open
 at once, so this client does: raw asyncio Protocols on uvloop, one connection
 per worker (HTTP/1.1 keep-alive), each worker sending the same request again
 and again until ``--duration`` is over (a request started in time finishes).
-Workers start ``--ramp / --concurrency`` seconds apart. Every answer is
+Workers start ``--ramp / --concurrency`` seconds apart, and each sends at least
+one request: with the ramp as long as the duration (the 2,000 held streams),
+the last worker's start can fall just after the end, and it must still count. Every answer is
 checked like wrk's: status 200, the exact text, a stream ends with [DONE].
 
 Prints one JSON line: counts, errors by kind (with a sample), time to first
@@ -200,7 +202,9 @@ async def worker(
     await asyncio.sleep(max(0.0, t0 + args.ramp * index / args.concurrency - time.perf_counter()))
     end = t0 + args.duration
     conn: Connection | None = None
-    while time.perf_counter() < end:
+    first = True
+    while first or time.perf_counter() < end:
+        first = False
         if conn is None or conn.lost:
             try:
                 _, conn = await asyncio.wait_for(
