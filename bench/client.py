@@ -6,8 +6,9 @@ per worker (HTTP/1.1 keep-alive), each worker sending the same request again
 and again until ``--duration`` is over (a request started in time finishes).
 Workers start ``--ramp / --concurrency`` seconds apart, and each sends at least
 one request: with the ramp as long as the duration (the 2,000 held streams),
-the last worker's start can fall just after the end, and it must still count. Every answer is
-checked like wrk's: status 200, the exact text, a stream ends with [DONE].
+the last worker's start can fall just after the end, and it must still count.
+Every answer is checked like wrk's: status 200, the exact text, a stream ends
+with [DONE].
 
 Prints one JSON line: counts, errors by kind (with a sample), time to first
 token and latency percentiles (ms), and the most requests open at once.

@@ -18,6 +18,10 @@ from gateway.config import Settings, load_settings, resolve_config_path
 from gateway.observability.logging import AccessLog, configure_logging
 from gateway.resources import Resources
 
+# FastAPI's built-in OpenTelemetry asks, on every request, whether a provider is
+# configured; the gateway configures none, so it is switched off.
+_NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+
 
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """The gateway for ``settings``; ``transport`` replaces every provider's (tests)."""
@@ -39,8 +43,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         title="LLM gateway",
         version=__version__,
         lifespan=lifespan,
-        # FastAPI's built-in OpenTelemetry asks, on every request, whether a provider
-        # is configured; the gateway configures none, so it is switched off.
         telemetry=_NO_TELEMETRY,
     )
     install_error_handlers(app)
@@ -61,9 +63,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         access_log=access_log,
     )
     return app
-
-
-_NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def _tune_gc() -> None:

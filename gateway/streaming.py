@@ -3,9 +3,10 @@
 Framing is ours, not sse-starlette's: its ``EventSourceResponse`` runs four
 tasks per stream and an anyio cancel scope per chunk; measured on a 20-chunk
 stream it cost ~2,130 µs of gateway CPU against ~1,300-1,800 µs for
-``EventStreamResponse`` below (two tasks per stream, nothing per chunk).
-On SIGTERM uvicorn stops accepting, lets streams run for the drain period,
-then cancels them, and the cleanup below still runs.
+``EventStreamResponse`` below (then one side task per stream; now a relay and
+a watcher task; nothing per chunk). On SIGTERM uvicorn stops accepting, lets
+streams run for the drain period, then cancels them, and the cleanup below
+still runs.
 
 The response reads the first upstream chunk before any status line is sent,
 so a failure that early is still an ordinary HTTP error (and routing, which

@@ -12,6 +12,7 @@ request goes through FastAPI's own handler, so every override is honoured.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -29,21 +30,17 @@ class AdmittedRoute(APIRoute):
         standard = super().get_route_handler()
         dependant = self.dependant
         only = dependant.dependencies[0] if len(dependant.dependencies) == 1 else None
-        # Anything else (a body, a query, a second dependency) is FastAPI's to resolve.
+        endpoint = dependant.call
+        # Only an endpoint whose one parameter is its admission; anything else (a body,
+        # a query, the request itself, a router-level or second dependency) is FastAPI's.
         if (
             only is None
-            or not only.name  # a router-level dependency: its value goes nowhere
             or only.call not in LIMITERS
             or only.dependencies
-            or dependant.query_params
-            or dependant.path_params
-            or dependant.header_params
-            or dependant.cookie_params
-            or dependant.body_params
-            or self.body_field is not None
+            or list(inspect.signature(endpoint).parameters) != [only.name]
         ):
             return standard
-        admit, name, endpoint = only.call, only.name, dependant.call
+        admit, name = only.call, only.name
 
         async def handler(request: Request) -> Response:
             if request.app.dependency_overrides:

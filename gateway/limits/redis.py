@@ -58,32 +58,28 @@ class KeySpace:
 
     def __init__(self, prefix: str = "gw:") -> None:
         self.prefix = prefix
-        # The scripts' key lists, built once per gateway key: every request needs both.
-        self._admit: dict[str, tuple[str, ...]] = {}
-        self._settle: dict[str, tuple[str, ...]] = {}
+        # The scripts' key lists (admit, settle), built once per gateway key.
+        self._lists: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def tagged(self, key_id: str, part: str) -> str:
         return f"{self.prefix}{{{key_id}}}:{part}"
 
     def admit_keys(self, key_id: str) -> tuple[str, ...]:
-        keys = self._admit.get(key_id)
-        if keys is None:
-            keys = self._remember(self._admit, key_id, ("rpm", "tpm", "lease", "spend"))
-        return keys
+        return self._key_lists(key_id)[0]
 
     def settle_keys(self, key_id: str) -> tuple[str, ...]:
-        keys = self._settle.get(key_id)
-        if keys is None:
-            keys = self._remember(self._settle, key_id, ("tpm", "lease", "spend", "usage", "meta"))
-        return keys
+        return self._key_lists(key_id)[1]
 
-    def _remember(
-        self, cache: dict[str, tuple[str, ...]], key_id: str, parts: tuple[str, ...]
-    ) -> tuple[str, ...]:
-        if len(cache) >= _KEY_LISTS_MAX:  # bounded: key ids come and go
-            cache.clear()
-        keys = cache[key_id] = tuple(self.tagged(key_id, p) for p in parts)
-        return keys
+    def _key_lists(self, key_id: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        lists = self._lists.get(key_id)
+        if lists is None:
+            if len(self._lists) >= _KEY_LISTS_MAX:  # bounded: key ids come and go
+                self._lists.clear()
+            lists = self._lists[key_id] = (
+                tuple(self.tagged(key_id, p) for p in ("rpm", "tpm", "lease", "spend")),
+                tuple(self.tagged(key_id, p) for p in ("tpm", "lease", "spend", "usage", "meta")),
+            )
+        return lists
 
     def by_hash(self, digest: str) -> str:
         return f"{self.prefix}hash:{digest}"

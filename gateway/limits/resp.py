@@ -6,10 +6,10 @@ a pool checkout and release, an ``asyncio.wait_for`` per socket operation,
 retry wrappers and command packing — about 78 µs of CPU per call against 30
 µs here (DESIGN §9 / issue 5). This keeps one connection per process and lets
 any number of calls be in flight on it at once (Redis answers in order, so
-replies are matched to callers first-in first-out), packs and parses with hiredis, and
-bounds every call with ONE watchdog per connection instead of a timer per
-call: a reply older than ``timeout`` means the connection is dead, every
-caller gets ``RedisDown`` at once, and the next call reconnects.
+replies are matched to callers first-in first-out), packs and parses with
+hiredis, and bounds every call with ONE watchdog per connection instead of a
+timer per call: a reply older than ``timeout`` means the connection is dead,
+every caller gets ``RedisDown`` at once, and the next call reconnects.
 """
 
 from __future__ import annotations
