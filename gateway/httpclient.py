@@ -367,8 +367,9 @@ class _Body(httpx.AsyncByteStream):
                 return
             elif conn.error is not None:
                 raise conn.error
-            else:
-                await conn.wait()
+            else:  # conn.wait(), inlined: one coroutine less per chunk
+                conn.waiter = waiter = conn.loop.create_future()
+                await waiter
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None

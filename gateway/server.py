@@ -7,6 +7,10 @@ the gateway does (it runs the receiver's TCP path and often wakes another CPU),
 so the head waits for the rest of the loop turn: an answer whose body follows
 in the same turn (every JSON answer, a stream's first event) leaves in one
 write. A head whose body comes later goes out on the next turn by itself.
+
+It also hands the app the connection's own ``send`` in the scope
+(``SERVER_SEND``): a stream's body frames skip the framework's send wrappers
+(see gateway/streaming.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.streaming import SERVER_SEND
 
 _HEAD = b"HTTP/1.1 "  # how uvicorn begins every head it writes (also for HTTP/1.0 clients)
 
@@ -59,8 +65,17 @@ class _HeadHoldingTransport:
 
 
 class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a ``_HeadHoldingTransport``."""
+    """uvicorn's httptools protocol, writing through a ``_HeadHoldingTransport``,
+    with each request's own ``send`` in its scope."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         held = _HeadHoldingTransport(transport, self.loop)  # type: ignore[arg-type]
         super().connection_made(held)  # type: ignore[arg-type]
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        # The new request's cycle holds this very scope (an upgrade returns before
+        # making one); its task has not run yet, so the app sees the key from the start.
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:
+            self.scope[SERVER_SEND] = cycle.send

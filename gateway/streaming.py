@@ -42,6 +42,10 @@ from gateway.errors import GatewayError, UpstreamUnavailable
 
 log = logging.getLogger("gateway.streaming")
 
+# Where a server may put its own ``send`` for the request (gateway/server.py does);
+# body frames then skip the framework's send wrappers.
+SERVER_SEND = "gateway.server_send"
+
 
 class StreamState:
     """How a relayed stream ended; read by the cleanup that settles it."""
@@ -144,6 +148,10 @@ class EventStreamResponse(Response):
 
         watcher = asyncio.create_task(watch())
         encode = self._encode
+        # Body frames go straight to the server's send when it offers it: the framework's
+        # wrappers of send (three coroutines a message) only act on the response's start,
+        # which still goes through them, as does every frame when served otherwise.
+        send_body = scope.get(SERVER_SEND, send)
         error: GatewayError | None = None
         try:
             try:
@@ -154,7 +162,7 @@ class EventStreamResponse(Response):
                     if not started:
                         await commit()
                     state.chunks += 1
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    await send_body({"type": "http.response.body", "body": data, "more_body": True})
                     sent += 1
                 state.outcome = "done"
             except GatewayError as exc:

@@ -1,15 +1,19 @@
-"""gateway/server.py: uvicorn's own protocol, fed real HTTP, writing one answer in one write."""
+"""gateway/server.py: uvicorn's own protocol, fed real HTTP: one answer in one write, and
+each request's own send in its scope."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 from uvicorn.server import ServerState
 
 from gateway.server import HttpProtocol
+from gateway.streaming import SERVER_SEND, EventStreamResponse, StreamState
 
 REQUEST = b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -125,3 +129,65 @@ async def test_closing_sends_a_held_head_first() -> None:
     assert transport.closed
     assert len(transport.writes) == 1
     assert transport.writes[0].startswith(b"HTTP/1.1 204 No Content\r\n")
+
+
+async def test_each_request_finds_its_own_send_in_its_scope() -> None:
+    """Two pipelined requests, each answering its body through ``scope[SERVER_SEND]``."""
+    sends: list[Any] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()
+        server_send = scope[SERVER_SEND]
+        sends.append(server_send)
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await server_send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    transport, protocol = await _serve(app, REQUEST + REQUEST)
+    await _settle(protocol)
+    await _settle(protocol)
+
+    assert len(sends) == 2
+    assert sends[0] != sends[1], "each request its own cycle's send"
+    answers = b"".join(transport.writes).split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert len(answers) == 2
+    assert all(a.endswith(b"\r\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n") for a in answers)
+
+
+async def test_a_streams_body_frames_skip_the_apps_send_wrappers() -> None:
+    """The start and the last frame pass the app's wrappers (headers are added there);
+    the events go to the server's send directly, and the client gets them all."""
+    seen: list[str] = []
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for text in (b"a", b"b"):
+            yield text
+
+    async def on_close(state: StreamState) -> None:
+        seen.append(f"closed {state.outcome} {state.chunks}")
+
+    response = EventStreamResponse(
+        chunks(),
+        encode=lambda text: b"data: " + text + b"\n\n",
+        error_frame=lambda exc: b"",
+        error_response=lambda exc: Response(status_code=500),
+        done_frame=b"data: [DONE]\n\n",
+        on_close=on_close,
+        commit_after=5.0,
+        keepalive=15.0,
+    )
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async def wrapped(message: Message) -> None:
+            seen.append(message["type"])
+            await send(message)
+
+        await response(scope, receive, wrapped)
+
+    transport, protocol = await _serve(app)
+    await _settle(protocol)
+
+    assert seen == ["http.response.start", "http.response.body", "closed done 2"]
+    _, _, body = b"".join(transport.writes).partition(b"\r\n\r\n")
+    assert body == (b"9\r\ndata: a\n\n\r\n9\r\ndata: b\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
