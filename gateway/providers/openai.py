@@ -23,7 +23,7 @@ from gateway.providers.base import (
     malformed,
     raise_transport_error,
 )
-from gateway.providers.sse import SSEStream
+from gateway.providers.sse import SSEEvent, SSEStream
 from gateway.schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -146,16 +146,11 @@ class OpenAIProvider:
                 raise error_from_response(
                     response.status_code, await _read_some(response), response.headers, self._secret
                 )
-            events = SSEStream(
-                _raw_body(response),
-                first_token=ctx.timeouts.first_token,
-                idle=ctx.timeouts.idle,
-                deadline=deadline,
-            )
+            chunks = _Chunks(_raw_body(response), ctx, deadline, self._secret)
             try:
-                yield _Chunks(events, self._secret)
+                yield chunks
             finally:
-                events.close()
+                chunks.close()
         finally:
             await response.aclose()
 
@@ -187,37 +182,24 @@ async def _read_some(response: httpx.Response) -> bytes:
     return body
 
 
-class _Chunks:
+class _Chunks(SSEStream):
     """OpenAI stream events -> ``ChatCompletionChunk``s, ending at ``[DONE]``."""
 
-    __slots__ = ("_done", "_events", "_finished", "_secret")
+    __slots__ = ("_finished", "_secret")
 
-    def __init__(self, events: SSEStream, secret: str | None) -> None:
-        self._events = events
+    def __init__(
+        self, raw: AsyncIterator[bytes], ctx: CallContext, deadline: float, secret: str | None
+    ) -> None:
+        timeouts = ctx.timeouts
+        super().__init__(
+            raw, first_token=timeouts.first_token, idle=timeouts.idle, deadline=deadline
+        )
         self._secret = secret
-        self._done = False
         self._finished = False  # a choice has reported its finish_reason
 
-    def __aiter__(self) -> _Chunks:
-        return self
-
-    async def __anext__(self) -> ChatCompletionChunk:
-        if self._done:
-            raise StopAsyncIteration
-        try:
-            event = await anext(self._events)
-        except StopAsyncIteration:
-            self._done = True
-            if self._finished:  # some servers end without [DONE]
-                raise
-            raise UpstreamUnavailable("the upstream stream ended before it was complete") from None
-        except UpstreamError:
-            raise
-        except Exception as exc:
-            raise_transport_error(exc)
+    def translate(self, event: SSEEvent) -> ChatCompletionChunk:
         data = event.data
         if data == b"[DONE]":
-            self._done = True
             raise StopAsyncIteration
         try:
             chunk = ChatCompletionChunk.model_validate_json(data)
@@ -229,6 +211,10 @@ class _Chunks:
                     self._finished = True
                     break
         return chunk
+
+    def ended(self) -> None:
+        if not self._finished:  # some servers end without [DONE], but not midway
+            raise UpstreamUnavailable("the upstream stream ended before it was complete")
 
     def _error_event(self, data: bytes) -> UpstreamError | None:
         """An upstream that fails mid-stream sends ``{"error": {...}}`` as data."""

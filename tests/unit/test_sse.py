@@ -6,9 +6,10 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
-from gateway.errors import UpstreamTimeout
+from gateway.errors import UpstreamTimeout, UpstreamUnavailable
 from gateway.providers.sse import SSEDecoder, SSEEvent, SSEStream
 
 # Comments, CRLF and LF endings, multi-line data, event names, ignored id and
@@ -195,3 +196,53 @@ async def test_total_deadline_already_passed() -> None:
     with pytest.raises(UpstreamTimeout) as info:
         await anext(events)
     assert info.value.message == "the upstream took longer than the deployment's total timeout"
+
+
+class _Numbers(SSEStream):
+    """A provider's translation: ints, skipping "skip", ending at "end"."""
+
+    def __init__(self, raw: AsyncIterator[bytes]) -> None:
+        deadline = asyncio.get_running_loop().time() + 5
+        super().__init__(raw, first_token=1, idle=1, deadline=deadline)
+        self.ends = 0
+
+    def translate(self, event: SSEEvent) -> int | None:
+        if event.data == b"skip":
+            return None
+        if event.data == b"end":
+            raise StopAsyncIteration
+        return int(event.data)
+
+    def ended(self) -> None:
+        self.ends += 1
+        raise UpstreamUnavailable("ended early")
+
+
+async def test_a_translating_stream_skips_ends_and_stays_ended() -> None:
+    numbers = _Numbers(source((0, b"data: 1\n\ndata: skip\n\n"), (0, b"data: 2\n\ndata: end\n\n")))
+    assert [n async for n in numbers] == [1, 2]
+    assert numbers.ends == 0, "a translated end is not an early end"
+    with pytest.raises(StopAsyncIteration):
+        await anext(numbers)
+
+
+async def test_a_body_ending_before_the_translated_end_is_the_providers_call() -> None:
+    numbers = _Numbers(source((0, b"data: 1\n\ndata: 2")))
+    assert await anext(numbers) == 1
+    assert await anext(numbers) == 2  # the last event, without its blank line, still counts
+    with pytest.raises(UpstreamUnavailable, match="ended early"):
+        await anext(numbers)
+    assert numbers.ends == 1
+    with pytest.raises(StopAsyncIteration):
+        await anext(numbers)
+
+
+async def test_a_failed_read_is_a_gateway_error() -> None:
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"data: 1\n\n"
+        raise httpx.ReadError("connection reset")
+
+    events = stream(broken(), first=1, idle=1, total=5)
+    assert await anext(events) == SSEEvent(None, b"1")
+    with pytest.raises(UpstreamUnavailable, match="could not reach the upstream: ReadError"):
+        await anext(events)
