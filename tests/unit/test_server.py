@@ -4,6 +4,8 @@ each request's own send in its scope."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -137,7 +139,7 @@ async def test_each_request_finds_its_own_send_in_its_scope() -> None:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await receive()
-        server_send = scope[SERVER_SEND]
+        server_send = scope[SERVER_SEND]()
         sends.append(server_send)
         headers = [(b"content-type", b"text/event-stream")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -191,3 +193,24 @@ async def test_a_streams_body_frames_skip_the_apps_send_wrappers() -> None:
     assert seen == ["http.response.start", "http.response.body", "closed done 2"]
     _, _, body = b"".join(transport.writes).partition(b"\r\n\r\n")
     assert body == (b"9\r\ndata: a\n\n\r\n9\r\ndata: b\n\n\r\ne\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+
+
+async def test_a_finished_requests_cycle_is_freed_without_the_collector() -> None:
+    """The scope's send must not tie the request into a reference cycle: every
+    request would then be garbage for the collector (~20% more CPU a request)."""
+    cycles: list[weakref.ref[Any]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        cycles.append(weakref.ref(send.__self__))  # type: ignore[attr-defined]  # uvicorn's cycle
+        await _json_app()(scope, receive, send)
+
+    gc.disable()
+    try:
+        transport, protocol = await _serve(app, REQUEST + REQUEST)
+        await _settle(protocol)
+        await _settle(protocol)
+        protocol.tasks.clear()
+        assert len(transport.writes) == 2
+        assert cycles[0]() is None, "the first request's cycle outlived it"
+    finally:
+        gc.enable()
