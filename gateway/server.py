@@ -8,9 +8,9 @@ so the head waits for the rest of the loop turn: an answer whose body follows
 in the same turn (every JSON answer, a stream's first event) leaves in one
 write. A head whose body comes later goes out on the next turn by itself.
 
-It also hands the app the request's own ``send`` in the scope (``SERVER_SEND``,
-a weak reference): a stream's body frames skip the framework's send wrappers
-(see gateway/streaming.py).
+It also hands the app a weak reference to the request's own cycle, whose
+``send`` a stream's body frames use to skip the framework's send wrappers
+(``SERVER_SEND`` in the scope; see gateway/streaming.py).
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         # The new request's cycle holds this very scope (an upgrade returns before
         # making one); its task has not run yet, so the app sees the key from the start.
-        # Held weakly: scope -> cycle.send -> cycle -> scope would make every request's
-        # cycle garbage for the collector (measured: ~20% more CPU per request).
+        # Held weakly: scope -> cycle -> scope would make every request's cycle garbage
+        # for the collector (measured: 10-20% more CPU per request). A weak reference to
+        # the cycle, not a WeakMethod of its send: 0.1 against 0.75 µs, on every request.
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:
-            self.scope[SERVER_SEND] = weakref.WeakMethod(cycle.send)
+            self.scope[SERVER_SEND] = weakref.ref(cycle)

@@ -42,8 +42,9 @@ from gateway.errors import GatewayError, UpstreamUnavailable
 
 log = logging.getLogger("gateway.streaming")
 
-# Where a server may put a weak reference to its own ``send`` for the request
-# (gateway/server.py does); body frames then skip the framework's send wrappers.
+# Where a server may put a weak reference to an object whose ``send`` is its own ASGI
+# send for the request (gateway/server.py does); body frames then skip the
+# framework's send wrappers.
 SERVER_SEND = "gateway.server_send"
 
 
@@ -151,8 +152,9 @@ class EventStreamResponse(Response):
         # Body frames go straight to the server's send when it offers it: the framework's
         # wrappers of send (three coroutines a message) only act on the response's start,
         # which still goes through them, as does every frame when served otherwise.
-        server_send = scope.get(SERVER_SEND)
-        send_body = (server_send() if server_send is not None else None) or send
+        server = scope.get(SERVER_SEND)
+        request = server() if server is not None else None
+        send_body = request.send if request is not None else send
         error: GatewayError | None = None
         try:
             try:
