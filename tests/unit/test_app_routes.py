@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
+from gateway import __version__
 from gateway.api import admin, health, openai
 from gateway.api.route import AdmittedRoute
 from gateway.app import create_app
@@ -16,7 +17,7 @@ from gateway.config import load_settings
 
 def _included() -> FastAPI:
     """The app's routes the way FastAPI's documentation includes routers."""
-    reference = FastAPI(title="LLM gateway", version=create_app(load_settings()).version)
+    reference = FastAPI(title="LLM gateway", version=__version__)
     for router in (openai.router, health.router, admin.router):
         reference.include_router(router)
     return reference
