@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from datetime import datetime
 
 from gateway.config import Limits, Settings
@@ -83,9 +84,13 @@ class Gatekeeper:
         self._cache[digest] = (now, record)
         return record
 
-    async def admit(self, key: KeyRecord, tokens: int, cost: float) -> Grant:
+    def admit(self, key: KeyRecord, tokens: int, cost: float) -> Awaitable[Grant]:
+        """Start the admission; await the result for its grant (or its refusal)."""
         # A ticket unique to this admission (client request ids may repeat).
-        grant = await self.store.admit(Admission(key, new_id(), tokens, cost))
+        return self._granted(self.store.admit(Admission(key, new_id(), tokens, cost)))
+
+    async def _granted(self, pending: Awaitable[Grant]) -> Grant:
+        grant = await pending
         if grant.lease:
             self._in_flight[grant.request_id] = grant
         return grant

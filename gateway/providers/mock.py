@@ -273,7 +273,8 @@ class MockProvider:
     def __init__(self, name: str, config: ProviderConfig, upstream: object = None) -> None:
         self.name = name
 
-    async def _before(self, script: MockScript) -> None:
+    async def _before(self, script: MockScript, ctx: CallContext) -> None:
+        await ctx.admitted()  # in-process, there is nothing to build before it
         if script.delay_ms:
             await asyncio.sleep(script.delay_ms / 1000)
         if script.status:
@@ -281,7 +282,7 @@ class MockProvider:
 
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> ChatCompletion:
         script = MockScript.from_request(request)
-        await self._before(script)
+        await self._before(script, ctx)
         answer = build_completion(request, script, ctx.deployment.model)
         if script.breaks(answer.usage.completion_tokens):
             raise UpstreamUnavailable("the upstream sent a malformed answer (mock fault)")
@@ -291,7 +292,7 @@ class MockProvider:
         return answer
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
-        await self._before(MockScript.from_request(request))
+        await self._before(MockScript.from_request(request), ctx)
         return build_embeddings(request, ctx.deployment.model)
 
     @asynccontextmanager
@@ -299,7 +300,7 @@ class MockProvider:
         self, request: ChatCompletionRequest, ctx: CallContext
     ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
         script = MockScript.from_request(request)
-        await self._before(script)
+        await self._before(script, ctx)
         chunks = _faulty(generate_chunks(request, script, ctx.deployment.model), script)
         try:
             yield chunks
