@@ -8,7 +8,6 @@ of DESIGN §1 in order: key, body, model, then ONE store call that admits.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Annotated, Generic, TypeVar
 
@@ -88,42 +87,18 @@ async def _parse(request: Request, model: type[M]) -> M:
 
 @dataclass(slots=True)
 class Call(Generic[M]):
-    """A model call whose admission is on its way to the store.
-
-    ``admitted()`` is its grant. The provider awaits it (``CallContext.admitted``)
-    after building the upstream request and before sending it, so the store's
-    round trip overlaps that work; a refusal (429/503) is raised there, and by
-    every later await. One task awaits it at a time: a fan-out awaits it before
-    fanning out. Settle the call in the response's ``finally``.
-    """
+    """An admitted model call: settle ``grant`` in the response's ``finally``."""
 
     resources: Resources
     access: AccessRecord
     key: KeyRecord
     body: M
     route: ModelRoute
+    grant: Grant
     prompt_tokens: int  # the estimate the reservation was made with
-    pending: Awaitable[Grant] | None
-    grant: Grant | None = None
-    refusal: BaseException | None = None
-
-    async def admitted(self) -> Grant:
-        if self.grant is not None:
-            return self.grant
-        if self.pending is None:
-            assert self.refusal is not None, "the admission is awaited by another task"
-            raise self.refusal
-        pending, self.pending = self.pending, None
-        try:
-            grant = self.grant = await pending
-        except BaseException as exc:  # cancelled too: the reply is lost with it
-            self.refusal = exc
-            raise
-        self.access.headers = grant.headers
-        return grant
 
 
-def _admit(
+async def _admit(
     resources: Resources,
     access: AccessRecord,
     key: KeyRecord,
@@ -131,8 +106,7 @@ def _admit(
     prompt: int,
     max_output: int | None,
 ) -> Call[M]:
-    """Resolve the model (404), check the key may use it (403), then start the
-    admission (its 429/503 comes from ``Call.admitted``)."""
+    """Resolve the model (404), check the key may use it (403), then admit (429/503)."""
     model: str = body.model  # type: ignore[attr-defined]
     route = resources.router.route(model)
     key.check_model(model)
@@ -150,8 +124,9 @@ def _admit(
         ),
         default=0.0,
     )
-    pending = resources.gatekeeper.admit(key, prompt + max_output, cost)
-    return Call(resources, access, key, body, route, prompt, pending)
+    grant = await resources.gatekeeper.admit(key, prompt + max_output, cost)
+    access.headers = grant.headers
+    return Call(resources, access, key, body, route, grant, prompt)
 
 
 # The admission dependencies take only the request and the resources: on the hot
@@ -164,7 +139,7 @@ async def admit_chat(request: Request) -> Call[ChatCompletionRequest]:
     body = await _parse(request, ChatCompletionRequest)
     max_output = body.max_completion_tokens or body.max_tokens
     access = request.scope["gateway.access"]
-    return _admit(resources, access, key, body, estimate.prompt_tokens(body), max_output)
+    return await _admit(resources, access, key, body, estimate.prompt_tokens(body), max_output)
 
 
 async def admit_embedding(request: Request) -> Call[EmbeddingRequest]:
@@ -172,7 +147,7 @@ async def admit_embedding(request: Request) -> Call[EmbeddingRequest]:
     key = await _authenticate(request, resources)
     body = await _parse(request, EmbeddingRequest)
     access = request.scope["gateway.access"]
-    return _admit(resources, access, key, body, estimate.embedding_tokens(body), 0)
+    return await _admit(resources, access, key, body, estimate.embedding_tokens(body), 0)
 
 
 async def settle(
@@ -186,17 +161,12 @@ async def settle(
     """The one store call after a model call: reconcile, release, record usage.
 
     The access-log line gets the same token counts, so they are set here once.
-    A refused admission took nothing, so there is nothing to settle.
     """
-    try:
-        grant = await call.admitted()
-    except Exception:
-        return
     call.access.input_tokens, call.access.output_tokens = input_tokens, output_tokens
     price = target.price if target is not None else None
     cost = price_cost(price.input, price.output, input_tokens, output_tokens) if price else 0.0
     usage = UsageEvent(call.body.model, input_tokens, output_tokens, cost, error, today())  # type: ignore[attr-defined]
-    await call.resources.gatekeeper.settle(grant, usage)
+    await call.resources.gatekeeper.settle(call.grant, usage)
 
 
 # What a test checks every model route has.

@@ -76,8 +76,7 @@ def _pick(call: Call) -> tuple[Target, CallContext]:
     target = call.resources.router.pick(call.route)
     access = call.access
     access.served_by = target.served_by  # also the x-gateway-served-by header
-    ctx = CallContext(access.request_id, target.deployment, admitted=call.admitted)
-    return target, ctx
+    return target, CallContext(request_id=access.request_id, deployment=target.deployment)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS)
@@ -92,7 +91,6 @@ async def chat_completions(call: ChatCall) -> Response:
         else:
             started = time.perf_counter()
             answer = await target.provider.chat(body, ctx)
-            await call.admitted()  # the provider awaited it; this only makes sure
             access.ttft_ms = (time.perf_counter() - started) * 1000
             answer.model = body.model
             usage = answer.usage
@@ -105,9 +103,6 @@ async def chat_completions(call: ChatCall) -> Response:
             )
         handed_over = True
         return response
-    except Exception:
-        await call.admitted()  # a refusal beats what failed while it was on its way
-        raise
     finally:
         if not handed_over:
             await settle(call, target, input_tokens=0, output_tokens=0, error=True)
@@ -155,7 +150,6 @@ async def _stream_chat(
     stack = AsyncExitStack()
     try:
         chunks = await stack.enter_async_context(target.provider.stream(body, ctx))
-        await call.admitted()  # the provider awaited it; this only makes sure
     except BaseException:
         await stack.aclose()
         raise
@@ -183,7 +177,6 @@ async def embeddings(call: EmbeddingCall) -> Response:
     try:
         target, ctx = _pick(call)
         answer = await target.provider.embed(call.body, ctx)
-        await call.admitted()  # the provider awaited it; this only makes sure
         answer.model = call.body.model
         response = _SettlingJSON(
             _to_embedding_json(answer, exclude_unset=True),
@@ -194,9 +187,6 @@ async def embeddings(call: EmbeddingCall) -> Response:
         )
         handed_over = True
         return response
-    except Exception:
-        await call.admitted()  # a refusal beats what failed while it was on its way
-        raise
     finally:
         if not handed_over:
             await settle(call, target, input_tokens=0, output_tokens=0, error=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -73,10 +72,7 @@ class Store(Protocol):
     async def list_keys(self, limit: int, after: str | None) -> tuple[list[KeyRecord], bool]: ...
     async def put_key(self, record: KeyRecord, digest: str | None = None) -> None: ...
 
-    # The admission starts when this returns (a remote store's command is on its way)
-    # and its grant is awaited later, so the caller can build the upstream request
-    # meanwhile; a refusal is raised by the await. ``async def`` is a valid (lazy) form.
-    def admit(self, admission: Admission) -> Awaitable[Grant]: ...
+    async def admit(self, admission: Admission) -> Grant: ...
     async def settle(self, grant: Grant, usage: UsageEvent) -> None: ...
     async def renew(self, grants: list[Grant]) -> None: ...
 

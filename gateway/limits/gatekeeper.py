@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
 from datetime import datetime
 
 from gateway.config import Limits, Settings
@@ -84,13 +83,9 @@ class Gatekeeper:
         self._cache[digest] = (now, record)
         return record
 
-    def admit(self, key: KeyRecord, tokens: int, cost: float) -> Awaitable[Grant]:
-        """Start the admission; await the result for its grant (or its refusal)."""
+    async def admit(self, key: KeyRecord, tokens: int, cost: float) -> Grant:
         # A ticket unique to this admission (client request ids may repeat).
-        return self._granted(self.store.admit(Admission(key, new_id(), tokens, cost)))
-
-    async def _granted(self, pending: Awaitable[Grant]) -> Grant:
-        grant = await pending
+        grant = await self.store.admit(Admission(key, new_id(), tokens, cost))
         if grant.lease:
             self._in_flight[grant.request_id] = grant
         return grant

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable
 from datetime import UTC, datetime
 from importlib import resources
 
@@ -277,32 +276,27 @@ class RedisStore:
 
     # ------------------------------------------------------------ limits
 
-    def admit(self, admission: Admission) -> Awaitable[Grant]:
-        """The script is on its way to Redis when this returns (see ``Store.admit``)."""
+    async def admit(self, admission: Admission) -> Grant:
         if self.degraded:
-            return self._admitted_locally(admission)
+            return self._admit_locally(admission)
         limits = admission.key.limits
         period = budget_period(limits)
-        reply = self._redis.evalsha(
-            self._admit,
-            self.keys.admit_keys(admission.key.id),
-            [
-                limits.rpm or 0,
-                limits.tpm or 0,
-                limits.max_parallel or 0,
-                repr(float(limits.budget_usd or 0)),
-                admission.tokens,
-                repr(float(admission.cost)),
-                admission.request_id,
-                self._lease_ttl,
-                period,
-            ],
-        )
-        return self._granted(admission, period, reply)
-
-    async def _granted(self, admission: Admission, period: str, reply: Awaitable[object]) -> Grant:
         try:
-            answer = await reply
+            answer = await self._redis.evalsha(
+                self._admit,
+                self.keys.admit_keys(admission.key.id),
+                [
+                    limits.rpm or 0,
+                    limits.tpm or 0,
+                    limits.max_parallel or 0,
+                    repr(float(limits.budget_usd or 0)),
+                    admission.tokens,
+                    repr(float(admission.cost)),
+                    admission.request_id,
+                    self._lease_ttl,
+                    period,
+                ],
+            )
         except (*_DOWN, ReplyError) as exc:  # refusing writes (OOM, ...) is down too
             self._went_down(exc)
             grant = self._admit_locally(admission)
@@ -311,8 +305,7 @@ class RedisStore:
             # leaves the window within the minute).
             grant.unsure = True
             return grant
-        limits = admission.key.limits
-        refused, retry_ms, used_req, req_reset, used_tok, tok_reset, bucket = answer  # type: ignore[misc]
+        refused, retry_ms, used_req, req_reset, used_tok, tok_reset, bucket = answer
         headers = rate_headers(
             limits,
             requests_used=used_req,
@@ -330,9 +323,6 @@ class RedisStore:
         if period:
             grant.cost, grant.period = admission.cost, period
         return grant
-
-    async def _admitted_locally(self, admission: Admission) -> Grant:
-        return self._admit_locally(admission)
 
     def _admit_locally(self, admission: Admission) -> Grant:
         if not self.fail_open:

@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
@@ -55,29 +55,16 @@ class _Protocol(asyncio.Protocol):
         self.lost = False
         self._outgoing: list[bytes] = []
 
-    def call(self, data: bytes) -> asyncio.Future[object]:
-        """Send a command; its reply arrives in the future returned.
+    def write(self, data: bytes) -> None:
+        """Queue a command; everything queued in one loop iteration goes in one write.
 
-        With no reply pending, the command goes out at once: its caller can go
-        on with other work while Redis answers (the admission overlaps building
-        the upstream request this way). Otherwise it is queued, and everything
-        queued in one loop iteration goes in one write: each write to Redis is
-        a system call that also wakes Redis, and under load many requests issue
-        their command in the same iteration.
+        Each write to Redis is a system call that also wakes Redis; under load
+        many requests issue their command in the same iteration, and corking
+        them saves both.
         """
-        future = self.loop.create_future()
-        if self.lost:  # failed callers are not waited for: nothing would ever answer this
-            future.set_exception(RedisDown("connection to Redis lost"))
-            return future
-        idle = not self.waiters  # then nothing is queued either
-        self.waiters.append((future, self.loop.time()))
-        if idle and self.transport is not None:
-            self.transport.write(data)
-        else:
-            if not self._outgoing:
-                self.loop.call_soon(self._flush)
-            self._outgoing.append(data)
-        return future
+        if not self._outgoing:
+            self.loop.call_soon(self._flush)
+        self._outgoing.append(data)
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
@@ -176,34 +163,23 @@ class RedisConnection:
         return await asyncio.shield(self._connecting)
 
     async def _send(self, protocol: _Protocol, args: tuple[object, ...]) -> object:
-        return await _reply(protocol.call(hiredis.pack_command(args)))
-
-    def _sent(self, args: tuple[object, ...]) -> Awaitable[object]:
-        """The command on its way now if connected (else once connected), and its reply."""
-        protocol = self._protocol
-        if protocol is not None and not protocol.lost:
-            # hiredis packs in C: a third of the Python's cost.
-            return _reply(protocol.call(hiredis.pack_command(args)))
-        return self.execute(*args)
+        loop = protocol.loop
+        future = loop.create_future()
+        protocol.waiters.append((future, loop.time()))
+        protocol.write(hiredis.pack_command(args))  # C: a third of the Python's cost
+        reply = await future
+        if isinstance(reply, ReplyError):
+            raise reply
+        return reply
 
     async def execute(self, *args: object) -> object:
         """One command; raises ``RedisDown`` or ``ReplyError``."""
         return await self._send(await self._ready(), args)
 
-    def evalsha(
-        self, script: Script, keys: Sequence[str], args: Sequence[object]
-    ) -> Awaitable[object]:
-        """Run a script: sent before this returns when connected, so a caller may do
-        other work before awaiting the reply."""
-        return self._evalsha(
-            self._sent(("EVALSHA", script.sha, len(keys), *keys, *args)), script, keys, args
-        )
-
-    async def _evalsha(
-        self, sent: Awaitable[object], script: Script, keys: Sequence[str], args: Sequence[object]
-    ) -> object:
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> object:
+        protocol = await self._ready()
         try:
-            return await sent
+            return await self._send(protocol, ("EVALSHA", script.sha, len(keys), *keys, *args))
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
@@ -230,10 +206,3 @@ class RedisConnection:
             self._watchdog.cancel()
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
-
-
-async def _reply(future: asyncio.Future[object]) -> object:
-    reply = await future
-    if isinstance(reply, ReplyError):
-        raise reply
-    return reply

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -43,24 +43,13 @@ __all__ = [
 ]
 
 
-async def _admitted_already() -> None:
-    return None
-
-
 @dataclass(slots=True)
 class CallContext:
-    """What a provider needs to know about one call besides the request.
-
-    ``admitted`` is the call's admission, still on its way to the store while
-    the provider builds its upstream request: a provider awaits it after
-    building and before sending anything upstream (it raises the refusal), so
-    the store's round trip and that work overlap.
-    """
+    """What a provider needs to know about one call besides the request."""
 
     request_id: str
     deployment: Deployment
     extra_headers: Mapping[str, str] = field(default_factory=dict)
-    admitted: Callable[[], Awaitable[object]] = _admitted_already
 
     @property
     def timeouts(self) -> Timeouts:

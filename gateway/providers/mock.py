@@ -273,8 +273,7 @@ class MockProvider:
     def __init__(self, name: str, config: ProviderConfig, upstream: object = None) -> None:
         self.name = name
 
-    async def _before(self, script: MockScript, ctx: CallContext) -> None:
-        await ctx.admitted()  # in-process, there is nothing to build before it
+    async def _before(self, script: MockScript) -> None:
         if script.delay_ms:
             await asyncio.sleep(script.delay_ms / 1000)
         if script.status:
@@ -282,7 +281,7 @@ class MockProvider:
 
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> ChatCompletion:
         script = MockScript.from_request(request)
-        await self._before(script, ctx)
+        await self._before(script)
         answer = build_completion(request, script, ctx.deployment.model)
         if script.breaks(answer.usage.completion_tokens):
             raise UpstreamUnavailable("the upstream sent a malformed answer (mock fault)")
@@ -292,7 +291,7 @@ class MockProvider:
         return answer
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
-        await self._before(MockScript.from_request(request), ctx)
+        await self._before(MockScript.from_request(request))
         return build_embeddings(request, ctx.deployment.model)
 
     @asynccontextmanager
@@ -300,7 +299,7 @@ class MockProvider:
         self, request: ChatCompletionRequest, ctx: CallContext
     ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
         script = MockScript.from_request(request)
-        await self._before(script, ctx)
+        await self._before(script)
         chunks = _faulty(generate_chunks(request, script, ctx.deployment.model), script)
         try:
             yield chunks

@@ -103,11 +103,9 @@ class OpenAIProvider:
 
     async def _call(self, url: httpx.URL, body: bytes, ctx: CallContext) -> bytes:
         """A non-streaming call: the answer's body, or the error it maps to."""
-        request = self._request(url, body, ctx)
-        await ctx.admitted()  # nothing goes upstream before the admission's grant
         try:
             async with asyncio.timeout(ctx.timeouts.total):
-                response = await self._upstream.send(request)
+                response = await self._upstream.send(self._request(url, body, ctx))
                 try:
                     content = await read_body(response)
                 finally:
@@ -138,7 +136,6 @@ class OpenAIProvider:
     ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
         deadline = ctx.deadline()
         http_request = self._request(self._chat_url, self._body(request, ctx, stream=True), ctx)
-        await ctx.admitted()  # nothing goes upstream before the admission's grant
         try:
             async with asyncio.timeout(ctx.timeouts.first_token):
                 response = await self._upstream.send(http_request)

@@ -27,21 +27,15 @@ extra = APIRouter(route_class=AdmittedRoute)
 
 @extra.post("/v1/test/with-query")
 async def with_query(call: ChatCall, n: int = 0) -> dict[str, Any]:
-    await call.admitted()
     return {"key": call.key.name, "n": n}
 
 
 @extra.post("/v1/test/with-request")
 async def with_request(call: ChatCall, request: Request) -> dict[str, Any]:
-    await call.admitted()
     return {"key": call.key.name, "path": request.url.path}
 
 
-async def admitted(call: ChatCall) -> None:
-    await call.admitted()
-
-
-@extra.post("/v1/test/router-level", dependencies=[Depends(admitted)])
+@extra.post("/v1/test/router-level", dependencies=[Depends(admit_chat)])
 async def router_level(request: Request) -> dict[str, Any]:
     return {"path": request.url.path}
 
@@ -97,6 +91,9 @@ def test_a_route_with_more_than_its_admission_is_resolved_by_fastapi(client: Tes
     response = client.post("/v1/test/with-query?n=7", json=hello(), headers=auth())
     assert response.status_code == 200
     assert response.json() == {"key": "full", "n": 7}
+    refused = client.post("/v1/test/with-query?n=seven", json=hello(), headers=auth())
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "n"
 
 
 def test_a_route_that_also_takes_the_request_gets_it(client: TestClient) -> None:

@@ -330,60 +330,6 @@ async def test_events_after_done_are_ignored(
     assert len(chunks) == 1
 
 
-# ---------------------------------------------------------------- the admission gate
-
-
-class Gate:
-    """A call's admission as the provider sees it: records when it was awaited."""
-
-    def __init__(self, router: respx.Router, refusal: Exception | None = None) -> None:
-        self.router, self.refusal = router, refusal
-        self.upstream_calls_before: list[int] = []
-
-    async def __call__(self) -> None:
-        self.upstream_calls_before.append(len(self.router.calls))
-        await asyncio.sleep(0)  # the store's reply arrives later, on another turn
-        if self.refusal is not None:
-            raise self.refusal
-
-
-def gated(gate: Gate) -> CallContext:
-    ctx = context()
-    ctx.admitted = gate
-    return ctx
-
-
-@pytest.mark.parametrize("kind", ["chat", "stream", "embed"])
-async def test_a_refused_admission_sends_nothing_upstream(
-    router: respx.Router, provider: OpenAIProvider, kind: str
-) -> None:
-    from gateway.errors import RateLimited
-
-    router.post("/chat/completions").respond(200, content=(FIXTURES / "chat.json").read_bytes())
-    router.post("/embeddings").respond(200, json={})
-    gate = Gate(router, RateLimited("Rate limit reached: 1 requests per minute."))
-    with pytest.raises(RateLimited, match="1 requests per minute"):
-        if kind == "chat":
-            await provider.chat(chat_request(), gated(gate))
-        elif kind == "embed":
-            await provider.embed(EmbeddingRequest(model="emb", input="hi"), gated(gate))
-        else:
-            await collect(provider, chat_request(), gated(gate))
-    assert gate.upstream_calls_before == [0]
-    assert len(router.calls) == 0
-
-
-async def test_the_upstream_call_waits_for_the_admission(
-    router: respx.Router, provider: OpenAIProvider
-) -> None:
-    router.post("/chat/completions").mock(return_value=sse_response(frames(chunk("Hi", "stop"))))
-    gate = Gate(router)
-    chunks = await collect(provider, chat_request(stream=True), gated(gate))
-    assert [c.choices[0].delta.content for c in chunks] == ["Hi"]
-    assert gate.upstream_calls_before == [0]  # awaited once, before the one upstream call
-    assert len(router.calls) == 1
-
-
 async def test_embeddings(router: respx.Router, provider: OpenAIProvider) -> None:
     route = router.post("/embeddings").respond(
         200,
