@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import httpx
@@ -49,7 +49,6 @@ class CallContext:
 
     request_id: str
     deployment: Deployment
-    extra_headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def timeouts(self) -> Timeouts:

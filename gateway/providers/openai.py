@@ -72,10 +72,6 @@ class OpenAIProvider:
             (b"content-length", b"%d" % len(body)),
             (b"x-request-id", ctx.request_id.encode("ascii")),
         ]
-        if ctx.extra_headers:
-            headers += [
-                (k.encode("ascii"), v.encode("ascii")) for k, v in ctx.extra_headers.items()
-            ]
         return httpx.Request(
             "POST",
             url,

@@ -1,4 +1,4 @@
-"""gateway/httpclient.py against real servers on 127.0.0.1.
+"""gateway/httpclient/ against real servers on 127.0.0.1.
 
 Two servers: the mock upstream (``gateway mock-upstream``, the same process the
 integration tests use) for OpenAI-shaped calls, its counters and faults; and a

@@ -165,16 +165,13 @@ async def test_chat_headers(router: respx.Router, provider: OpenAIProvider) -> N
     route = router.post("/chat/completions").respond(
         200, content=(FIXTURES / "chat.json").read_bytes()
     )
-    ctx = context()
-    ctx.extra_headers = {"x-trace": "t-1"}
-    await provider.chat(chat_request(), ctx)
+    await provider.chat(chat_request(), context())
     sent = route.calls.last.request
     assert sent.url == f"{BASE_URL}/chat/completions"
     assert sent.headers["authorization"] == f"Bearer {SECRET}"
     assert sent.headers["x-request-id"] == "req-abc123"
     assert sent.headers["content-type"] == "application/json"
     assert sent.headers["openai-project"] == "p1"
-    assert sent.headers["x-trace"] == "t-1"
 
 
 async def test_provider_without_key_sends_no_authorization(
