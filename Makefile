@@ -31,7 +31,8 @@ format: setup
 # The benchmark (bench/run.py, figures in bench/RESULTS.md): the full run with
 # LiteLLM's proxy beside the gateway (installed into bench/.peers on first use;
 # a peer that cannot be installed or started is reported and the run goes on),
-# and the quick regression check against bench/baseline.json.
+# and the quick regression check: this tree beside the commit of bench/baseline.json
+# (BASE=REV for another), measured in turns in one run.
 bench: setup
 	bash bench/setup.sh
 	-bash bench/peers/litellm.sh
@@ -39,4 +40,4 @@ bench: setup
 
 bench-quick: setup
 	bash bench/setup.sh
-	$(BIN)/python bench/run.py --quick
+	$(BIN)/python bench/run.py --quick $(if $(BASE),--against $(BASE))

@@ -22,7 +22,8 @@ from scenarios import Scenario
 LUA = BENCH / "wrk" / "chat.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-Kind = Literal["gateway", "direct", "ceiling", "peer"]
+# base: the gateway as of an earlier commit, measured beside this tree's (quick mode)
+Kind = Literal["gateway", "base", "direct", "ceiling", "peer"]
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Run:
     gateway_log: str = ""
     command: str = "python bench/run.py"
     quiet: str = ""  # how busy the machine was before the run
+    base: str = ""  # quick mode: the commit whose gateway/ ran beside this tree's
     idle_cpu_pct: float | None = None  # the gateway's own CPU use with no load
     calibration_ms: float | None = None  # the calibration workload on the gateway's CPU
     wake_us: tuple[float, float] | None = None  # round trip to the gateway's CPU: busy, idle

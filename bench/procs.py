@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from against import Source
 from common import BENCH, GATEWAY_CPU, LOAD_CPU, OUT, ROOT, loud, say, venv_python
 from measure import Kind, Run, System
 from scenarios import Scenario, gateway_config
@@ -130,9 +131,10 @@ def _serve(
     log: Path,
     timeout: float,
     env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Popen:
     """Start ``argv`` pinned to ``cpu`` and wait until ``system`` answers; its pid goes in."""
-    proc = procs.start(system.label, ["taskset", "-c", str(cpu), *argv], log, env=env, cwd=ROOT)
+    proc = procs.start(system.label, ["taskset", "-c", str(cpu), *argv], log, env=env, cwd=cwd)
     system.pid = proc.pid
     try:
         wait_ready(system, proc, log, timeout)
@@ -182,22 +184,30 @@ def start_upstream(procs: Processes, log_dir: Path) -> System:
 
 
 def start_gateway(
-    procs: Processes, upstream: System, log_dir: Path, redis: tuple[int, int]
+    procs: Processes,
+    upstream: System,
+    log_dir: Path,
+    redis: tuple[int, int],
+    base: Source | None = None,
 ) -> tuple[System, Popen]:
-    """The gateway (one uvicorn worker) on the bench's Redis (``redis``: its port and pid)."""
+    """The gateway (one uvicorn worker) on the bench's Redis (``redis``: its port and pid):
+    this tree's, or with ``base`` that commit's, under its own name, files and Redis database."""
     port = free_port()
     key = f"sk-bench-{uuid.uuid4().hex}"
-    config = log_dir / "gateway.yaml"  # JSON is YAML: no dependency needed to write it
-    data = gateway_config(upstream.url.rsplit("/chat/", 1)[0], key, log_dir / "data")
+    name = f"base-{base.commit}" if base else "gateway"
+    config = log_dir / f"{name}.yaml"  # JSON is YAML: no dependency needed to write it
+    data = gateway_config(upstream.url.rsplit("/chat/", 1)[0], key, log_dir / f"{name}-data")
     config.write_text(json.dumps(data, indent=2) + "\n")
-    env = {**clean_env(), "REDIS_URL": f"redis://127.0.0.1:{redis[0]}/0"}
-    system = _system("gateway", "gateway", port, key)
+    env = {**clean_env(), "REDIS_URL": f"redis://127.0.0.1:{redis[0]}/{1 if base else 0}"}
+    system = _system(name, "base" if base else "gateway", port, key)
     system.redis_pid = redis[1]
     argv = [
         venv_python(), "-m", "gateway", "serve", "--config", str(config),
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "INFO",
     ]  # fmt: skip
-    proc = _serve(procs, system, GATEWAY_CPU, argv, log_dir / "gateway.log", 30, env)
+    log = log_dir / f"{name}.log"
+    cwd = base.root if base else ROOT
+    proc = _serve(procs, system, GATEWAY_CPU, argv, log, 30, env, cwd)
     return system, proc
 
 

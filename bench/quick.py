@@ -1,8 +1,9 @@
-"""Quick mode's verdict: the median gateway CPU per request and per chunk against the baseline.
+"""Quick mode's verdict: the median gateway CPU per request and per chunk against a base.
 
-More than REGRESSION worse than bench/baseline.json exits 2 naming the figure. The
-calibration workload and the ceiling (one run) say how fast the machine was; the verdict
-is on the raw figures.
+The base is gateway/ as of an earlier commit (bench/baseline.json's, or --against),
+measured in the same run in turns with this tree's (bench/against.py); failing that, the
+figures bench/baseline.json recorded on another run. More than REGRESSION worse exits 2
+naming the figure. The calibration workload and the ceiling say how fast the machine was.
 """
 
 from __future__ import annotations
@@ -57,40 +58,76 @@ def _speed(run: Run, baseline: dict) -> tuple[list[str], float | None, float | N
     return lines, calibration, slower
 
 
+def baseline_commit() -> str | None:
+    """The commit bench/baseline.json was recorded at, when its gateway/ was committed."""
+    if not BASELINE.exists():
+        return None
+    commit = json.loads(BASELINE.read_text()).get("machine", {}).get("commit", "")
+    return commit if commit and " " not in commit else None
+
+
+def _values(run: Run, kind: str, scenario: str, attr: str) -> list[float]:
+    return [
+        v for r in run.of(kind) if r.scenario == scenario and (v := getattr(r, attr)) is not None
+    ]
+
+
+def _runs(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
 def quick_verdict(
     run: Run, out: Path | None, update_baseline: bool, took: float, failed: str | None
 ) -> int:
     baseline = json.loads(BASELINE.read_text()) if BASELINE.exists() else None
+    recorded = (baseline or {}).get("figures", {})
     factor = scale_factor(run)
+    side_by_side = bool(run.base and run.of("base"))
     medians: dict[str, float] = {}
     lines = [f"# Quick bench, {run.started}", "", machine_lines(run), ""]
-    lines += [
-        "| figure | runs | median | baseline | change | scaled to the reference |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    if side_by_side:
+        lines += [
+            f"This tree's gateway/ and {run.base}'s, measured in turns in this run "
+            "(the verdict); the baseline's recorded figure, from another run, for reference.",
+            "",
+            f"| figure | this tree | median | {run.base} | median | change "
+            "| recorded baseline | scaled to the reference |",
+            "|---|---|---:|---|---:|---:|---:|---:|",
+        ]
+    else:
+        lines += [
+            "| figure | runs | median | baseline | change | scaled to the reference |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
     regressions = []
     for name, (scenario, attr) in QUICK_FIGURES.items():
-        values = [
-            v
-            for r in run.of("gateway")
-            if r.scenario == scenario and (v := getattr(r, attr)) is not None
-        ]
+        values = _values(run, "gateway", scenario, attr)
         if not values:
             continue
         median = statistics.median(values)
         medians[name] = round(median, 1)
-        base = (baseline or {}).get("figures", {}).get(name)
+        scaled = f"{median * factor:.1f}" if factor else "—"
+        base_values = _values(run, "base", scenario, attr) if side_by_side else []
+        base = statistics.median(base_values) if base_values else recorded.get(name)
         change = ""
         if base:
             delta = median / base - 1
             change = f"{delta:+.1%}"
             if delta > REGRESSION:
+                against = run.base if base_values else "baseline"
                 regressions.append(
-                    f"{name}: median {median:.1f} vs baseline {base:.1f} ({delta:+.1%})"
+                    f"{name}: median {median:.1f} vs {against} {base:.1f} ({change})"
                 )
-        runs = ", ".join(f"{v:.1f}" for v in values)
-        scaled = f"{median * factor:.1f}" if factor else "—"
-        lines.append(f"| {name} | {runs} | {median:.1f} | {base or '—'} | {change} | {scaled} |")
+        if side_by_side:
+            lines.append(
+                f"| {name} | {_runs(values)} | {median:.1f} | {_runs(base_values)} "
+                f"| {f'{base:.1f}' if base else '—'} | {change} | {recorded.get(name, '—')} "
+                f"| {scaled} |"
+            )
+        else:
+            lines.append(
+                f"| {name} | {_runs(values)} | {median:.1f} | {base or '—'} | {change} | {scaled} |"
+            )
     speed, calibration, slower = _speed(run, baseline or {})
     lines += speed
     busy = [r.other_pct for r in run.of("gateway")]
@@ -134,19 +171,21 @@ def quick_verdict(
         BASELINE.write_text(json.dumps(data, indent=2) + "\n")
         say(f"wrote {shown(BASELINE)}")
         return 0
-    if baseline is None:
+    if baseline is None and not side_by_side:
         say("no bench/baseline.json yet: `python bench/run.py --update-baseline` writes one")
         return 0
-    if baseline.get("machine", {}).get("cpu") != run.machine.get("cpu"):
+    other_cpu = (baseline or {}).get("machine", {}).get("cpu") != run.machine.get("cpu")
+    if other_cpu and not side_by_side:
         say("note: the baseline was measured on another CPU model; compare with care")
+    against = run.base if side_by_side else "the baseline"
     if regressions:
         for r in regressions:
-            loud(f"REGRESSION (> {REGRESSION:.0%} worse than the baseline): {r}")
-        if slower is not None and slower > REGRESSION:
+            loud(f"REGRESSION (> {REGRESSION:.0%} worse than {against}): {r}")
+        if not side_by_side and slower is not None and slower > REGRESSION:
             say(
                 f"note: the calibration ran {slower:.0%} slower than the baseline's: the machine "
                 "itself was slower; run again on a quiet machine before believing it"
             )
         return 2
-    say(f"no regression (every median within {REGRESSION:.0%} of the baseline)")
+    say(f"no regression (every median within {REGRESSION:.0%} of {against})")
     return 0

@@ -3,7 +3,8 @@
     python bench/run.py                     # full: all scenarios, writes bench/RESULTS.md
     python bench/run.py --peer litellm      # ... with LiteLLM's proxy beside it
     python bench/run.py --peer-cmd 'CMD --port {port}' --peer-name NAME [--peer-key KEY]
-    python bench/run.py --quick             # the regression check, against bench/baseline.json
+    python bench/run.py --quick             # the regression check: this tree beside the baseline's commit
+    python bench/run.py --quick --against REV
     python bench/run.py --quick --update-baseline
 
 What runs (all on 127.0.0.1, all bounded in time, all stopped at the end): the bench's
@@ -35,6 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from against import Source, extract, unchanged_since
 from common import BENCH, GATEWAY_CPU, LOAD_CPU, OUT, loud, say, shown
 from machine import (
     calibrate,
@@ -55,7 +57,7 @@ from procs import (
     start_redis,
     start_upstream,
 )
-from quick import quick_verdict
+from quick import baseline_commit, quick_verdict
 from report import render
 from scenarios import Scenario, seconds_for, select
 from targets import evaluate, scale_factor
@@ -70,6 +72,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--update-baseline", action="store_true", help="with --quick: write bench/baseline.json"
     )
     parser.add_argument("--runs", type=int, default=3, help="--quick: runs per scenario")
+    parser.add_argument(
+        "--against",
+        metavar="REV",
+        help="--quick: measure gateway/ as of REV beside this tree's (default: the commit "
+        "bench/baseline.json was recorded at; 'none': judge on its recorded figures)",
+    )
     parser.add_argument("--out", type=Path, help="default: bench/RESULTS.md, bench/out/quick.md")
     parser.add_argument("--peer", choices=sorted(PEER_SCRIPTS), help="a known peer gateway")
     parser.add_argument("--peer-cmd", help="a peer's start command; {port} {upstream} {key}")
@@ -96,6 +104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--peer and --peer-cmd exclude each other")
     if args.update_baseline:
         args.quick = True
+    if args.against and not args.quick:
+        parser.error("--against is for --quick")
     if args.quick and (args.peer or args.peer_cmd):
         parser.error("--quick runs the gateway against the direct upstream only")
     return args
@@ -129,51 +139,88 @@ def prune_outputs(keep: int = 4) -> None:
 
 def run_phase(
     run: Run,
-    system: System,
-    proc: Popen,
+    systems: list[tuple[System, Popen]],
     scenarios: list[Scenario],
     quick: bool,
     runs: int = 1,
     upstream: System | None = None,
 ) -> None:
     """Each scenario against ``upstream`` directly (when given), then ``runs`` times against
-    ``system`` (in quick mode each gateway run is preceded by the calibration workload)."""
+    each of ``systems``, interleaved and in turns of alternating order, so that a drift of the
+    machine's speed falls on all of them alike (in quick mode each gateway run is preceded by
+    the calibration workload)."""
     for scenario in scenarios:
         seconds = seconds_for(scenario, quick)
         if upstream is not None and scenario.direct:
             record(run, run_load(scenario, upstream, seconds))
-        for _ in range(runs):
-            calibration = calibrate() if quick and system.kind == "gateway" else None
-            result = run_load(scenario, system, seconds)
-            result.calibration_ms = calibration
-            record(run, result)
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{system.label} exited with {proc.returncode} during {scenario.id}"
-                )
+        for turn in range(runs):
+            for system, proc in systems if turn % 2 == 0 else systems[::-1]:
+                gateway = system.kind in ("gateway", "base")
+                calibration = calibrate() if quick and gateway else None
+                result = run_load(scenario, system, seconds)
+                result.calibration_ms = calibration
+                record(run, result)
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{system.label} exited with {proc.returncode} during {scenario.id}"
+                    )
+
+
+def base_source(args: argparse.Namespace, log_dir: Path) -> Source | None:
+    """The earlier gateway quick mode measures beside this tree's, or None (and why, said)."""
+    if not args.quick or args.update_baseline or args.against == "none":
+        return None
+    rev = args.against
+    if rev is None:
+        recorded = baseline_commit()
+        if recorded is None:
+            say("no commit in bench/baseline.json to measure beside this tree")
+            return None
+        rev = recorded
+    source = extract(rev, log_dir)
+    if isinstance(source, str):
+        loud(f"cannot measure {rev} beside this tree: {source}")
+        return None
+    same = " (gateway/ is the same in both: the difference is the machine's noise)"
+    say(
+        f"measuring gateway/ as of {source.commit} beside this tree's"
+        + (same if unchanged_since(source.commit) else "")
+    )
+    return source
 
 
 def measure_gateway(
-    run: Run, procs: Processes, args: argparse.Namespace, scenarios: list[Scenario], log_dir: Path
+    run: Run,
+    procs: Processes,
+    args: argparse.Namespace,
+    scenarios: list[Scenario],
+    log_dir: Path,
+    base: Source | None,
 ) -> System:
-    """Redis, the upstream and the gateway; the gateway's scenarios. Returns the upstream."""
+    """Redis, the upstream and the gateway (and the ``base`` one beside it, idle while the
+    other is measured); the gateway's scenarios. Returns the upstream."""
     redis = start_redis(procs, log_dir)
     say(f"Redis on CPU {LOAD_CPU} (pid {redis[1]}): 127.0.0.1:{redis[0]}")
     upstream = start_upstream(procs, log_dir)
     say(f"upstream on CPU {LOAD_CPU}: {upstream.url}")
-    gateway, proc = start_gateway(procs, upstream, log_dir, redis)
-    say(f"gateway on CPU {GATEWAY_CPU} (pid {gateway.pid}): {gateway.url}")
+    systems = [start_gateway(procs, upstream, log_dir, redis)]
+    if base is not None:
+        systems.append(start_gateway(procs, upstream, log_dir, redis, base))
+    for system, _ in systems:
+        say(f"{system.label} on CPU {GATEWAY_CPU} (pid {system.pid}): {system.url}")
+        warm_up(system)
+    gateway = systems[0][0]
     run.gateway_log = shown(log_dir / "gateway.log")
-    warm_up(gateway)
     idle0 = cpu_seconds(gateway.pid)
     time.sleep(2.0)
     run.idle_cpu_pct = 100 * (cpu_seconds(gateway.pid) - idle0) / 2.0
     say(f"gateway idle CPU: {run.idle_cpu_pct:.1f}%")
     runs = args.runs if args.quick else 1
-    run_phase(run, gateway, proc, scenarios, args.quick, runs, upstream)
-    procs.stop(proc)
-    code = proc.returncode
-    say(f"gateway stopped ({'SIGTERM' if code == -signal.SIGTERM else f'exit {code}'})")
+    run_phase(run, systems, scenarios, args.quick, runs, upstream)
+    for system, proc in systems:
+        procs.stop(proc)
+        code = proc.returncode
+        say(f"{system.label} stopped ({'SIGTERM' if code == -signal.SIGTERM else f'exit {code}'})")
     return upstream
 
 
@@ -187,7 +234,7 @@ def measure_ceiling(
         ceiling, proc = start_ceiling(procs, log_dir)
         say(f"ceiling on CPU {GATEWAY_CPU} (pid {ceiling.pid}): {ceiling.url}")
         warm_up(ceiling, stream=False)
-        run_phase(run, ceiling, proc, scenarios, quick)
+        run_phase(run, [(ceiling, proc)], scenarios, quick)
     except RuntimeError as exc:
         loud(f"the ceiling failed; the run goes on without it: {exc}")
         run.problems.append(f"ceiling: {str(exc).splitlines()[0]}")
@@ -213,7 +260,7 @@ def measure_peer(
     say(f"peer on CPU {GATEWAY_CPU} (pid {peer.pid}): {peer.url}")
     try:
         warm_up(peer)
-        run_phase(run, peer, proc, scenarios, False)
+        run_phase(run, [(peer, proc)], scenarios, False)
     except RuntimeError as exc:
         run.peer["status"] = f"failed during the run: {exc}"
         loud(f"the peer failed during the run: {exc}")
@@ -239,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         wake_us=wake_latency(),
         command=shlex.join(["python", "bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
     )
+    if args.update_baseline and " " in run.machine.get("commit", " "):
+        # The baseline names the commit quick mode measures beside later trees.
+        loud("--update-baseline records a commit: commit gateway/ first")
+        return 1
     log_dir = OUT / f"run-{stamp:%Y%m%d-%H%M%S}"
     scenarios = select(args.quick, args.only)
     on_gateway = [s for s in scenarios if s.server == "gateway"]
@@ -252,7 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             # it scales most (non-stream, then 20-chunk streams) come right after it.
             if on_ceiling:
                 measure_ceiling(run, procs, on_ceiling, args.quick, log_dir)
-            upstream = measure_gateway(run, procs, args, on_gateway, log_dir)
+            base = base_source(args, log_dir)
+            run.base = base.commit if base else ""
+            upstream = measure_gateway(run, procs, args, on_gateway, log_dir, base)
             if args.peer or args.peer_cmd:
                 on_peer = [s for s in on_gateway if s.peer]
                 measure_peer(run, procs, args, on_peer, upstream)
