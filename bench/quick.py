@@ -83,6 +83,7 @@ def quick_verdict(
     recorded = (baseline or {}).get("figures", {})
     factor = scale_factor(run)
     side_by_side = bool(run.base and run.of("base"))
+    against = run.base if side_by_side else "the baseline"
     medians: dict[str, float] = {}
     lines = [f"# Quick bench, {run.started}", "", machine_lines(run), ""]
     if side_by_side:
@@ -108,13 +109,15 @@ def quick_verdict(
         medians[name] = round(median, 1)
         scaled = f"{median * factor:.1f}" if factor else "—"
         base_values = _values(run, "base", scenario, attr) if side_by_side else []
-        base = statistics.median(base_values) if base_values else recorded.get(name)
+        if side_by_side:  # judged on the side-by-side figures only, never on a mix
+            base = statistics.median(base_values) if base_values else None
+        else:
+            base = recorded.get(name)
         change = ""
         if base:
             delta = median / base - 1
             change = f"{delta:+.1%}"
             if delta > REGRESSION:
-                against = run.base if base_values else "baseline"
                 regressions.append(
                     f"{name}: median {median:.1f} vs {against} {base:.1f} ({change})"
                 )
@@ -177,7 +180,6 @@ def quick_verdict(
     other_cpu = (baseline or {}).get("machine", {}).get("cpu") != run.machine.get("cpu")
     if other_cpu and not side_by_side:
         say("note: the baseline was measured on another CPU model; compare with care")
-    against = run.base if side_by_side else "the baseline"
     if regressions:
         for r in regressions:
             loud(f"REGRESSION (> {REGRESSION:.0%} worse than {against}): {r}")
