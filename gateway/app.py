@@ -82,7 +82,7 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
     measured in one process, ~31 µs a request more than the same routes declared
     flat. Each is declared anew with what it was declared with, so it belongs to
     this app (its ``dependency_overrides`` among them) and the OpenAPI schema is
-    the same (tests/unit/test_app_routes.py). Nothing here nests or prefixes.
+    the same (tests/test_app.py). Nothing here nests or prefixes.
     """
     for route in router.routes:
         if not isinstance(route, APIRoute):

@@ -20,7 +20,7 @@ from gateway.api.route import AdmittedRoute
 from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.deps import ChatCall, admit_chat, get_resources
-from tests.unit.test_app_errors import CONFIG, FULL, LIMITED, RATED, auth, hello
+from tests.api.test_handlers import CONFIG, FULL, LIMITED, RATED, auth, hello
 
 extra = APIRouter(route_class=AdmittedRoute)
 
