@@ -13,8 +13,11 @@ $(BIN)/gateway: pyproject.toml
 
 setup: $(BIN)/gateway
 
+# Flags for `gateway serve`, e.g. make run ARGS="--port 9000".
+ARGS ?=
+
 run: setup
-	$(BIN)/gateway serve
+	$(BIN)/gateway serve $(ARGS)
 
 test: setup
 	bash scripts/test-setup.sh

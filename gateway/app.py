@@ -41,11 +41,16 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             await resources.aclose()
             await access_log.aclose()
 
+    # server.docs: false keeps the API's map from strangers (docs/operations.md).
+    docs = (
+        {} if settings.server.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    )
     app = FastAPI(
         title="LLM gateway",
         version=__version__,
         lifespan=lifespan,
         telemetry=_NO_TELEMETRY,
+        **docs,
     )
     install_error_handlers(app)
     for router in (openai.router, health.router, admin.router):

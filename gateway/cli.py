@@ -3,27 +3,71 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
 import yaml
 
 from gateway import __version__
-from gateway.config import ConfigError, Settings, load_settings, resolve_config_path, warn_about
+from gateway.config import (
+    ConfigError,
+    ServerConfig,
+    Settings,
+    load_settings,
+    resolve_config_path,
+    warn_about,
+)
 from gateway.observability.logging import configure_logging
 from gateway.providers.registry import check_types
+from gateway.validation import mask_url
 
 log = logging.getLogger("gateway")
 
 DEMO_KEY = "sk-gateway-demo"
 
 
-def _settings(config: str | None) -> Settings:
+def _settings(config: str | None, *, prepare: bool = False) -> Settings:
+    """The config, checked as far as it can be before serving (``ConfigError`` if not).
+
+    ``prepare``: also create the embedded store's directory (``serve``);
+    ``check-config`` only checks that it could be, and changes nothing.
+    """
     settings = load_settings(resolve_config_path(config, os.environ))
     check_types(settings)
+    if settings.redis_url is None:
+        _check_data_dir(settings, prepare=prepare)
     return settings
+
+
+def _check_data_dir(settings: Settings, *, prepare: bool) -> None:
+    from gateway.limits.embedded import default_data_dir, prepare_data_dir
+
+    configured = settings.server.data_dir
+    directory = configured or default_data_dir()
+    field = "server.data_dir" if configured else "server.data_dir (default location)"
+    try:
+        if prepare:
+            prepare_data_dir(directory)
+            return
+        # The nearest directory that exists must let us create (or use) the rest.
+        existing = directory
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(existing))
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(existing))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(directory) else ""
+        raise ConfigError(
+            f"{settings.source}: {field}: the embedded store cannot use {directory}: "
+            f"{reason}{where}"
+        ) from None
 
 
 def _fail(message: str) -> int:
@@ -31,27 +75,98 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _uvicorn_kwargs(args: argparse.Namespace) -> dict[str, object]:
+def _uvicorn_kwargs(args: argparse.Namespace, server: ServerConfig) -> dict[str, object]:
+    from gateway.server import protocol_for
+
     return {
         "host": args.host,
         "port": args.port,
         "loop": "uvloop",
-        "http": "gateway.server:HttpProtocol",  # httptools, one write per answer
+        # httptools with the edge's limits, one write per answer (gateway/server.py)
+        "http": protocol_for(server),
         "access_log": False,  # the gateway writes its own, with what uvicorn cannot know
         "log_level": args.log_level.lower(),
         "server_header": False,
         "proxy_headers": False,  # nothing here reads the client address; one layer less
-        # Longer than a proxy's idle keep-alive, so the proxy closes first and
-        # never sends a request down a connection we are closing.
-        "timeout_keep_alive": 75,
+        # The protocol's own timer closes idle keep-alive connections; uvicorn is told
+        # the same for anything of its own that reads it.
+        "timeout_keep_alive": server.keepalive_timeout_seconds,
     }
+
+
+RELOAD_NOT_SUPPORTED = (
+    "SIGHUP: reloading the config is not supported; still serving with the config "
+    "loaded at start (restart the gateway to apply a new one)"
+)
+
+
+def _reload_not_supported(signum: int, frame: object) -> None:
+    """SIGHUP, whose default is to end the process silently: say why nothing happens."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        log.warning(RELOAD_NOT_SUPPORTED)
+    else:  # logged from the loop, not from a handler that may have interrupted a log write
+        loop.call_soon_threadsafe(log.warning, RELOAD_NOT_SUPPORTED)
+
+
+def worker_app() -> object:
+    """uvicorn's factory in each worker of ``serve --workers N``: ``app_from_env``, in a
+    process where SIGHUP says reload is not supported instead of ending the worker."""
+    signal.signal(signal.SIGHUP, _reload_not_supported)
+    from gateway.app import app_from_env
+
+    return app_from_env()
+
+
+def _serve_workers(kwargs: dict[str, object], workers: int) -> None:
+    """``uvicorn.run(..., workers=N)``, but SIGHUP to the supervisor is logged and
+    ignored: uvicorn's would replace the workers, and the new ones would read a
+    changed config while the supervisor kept its old ``server:`` settings."""
+    import uvicorn
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            log.warning(RELOAD_NOT_SUPPORTED)
+
+    config = uvicorn.Config("gateway.cli:worker_app", factory=True, workers=workers, **kwargs)
+    Supervisor(config, sockets=[config.bind_socket()]).run()
+
+
+def _make_room_for_connections(max_connections: int) -> None:
+    """Every connection is an open file: raise the soft limit on them (up to the hard
+    one) so that ``max_connections`` clients, upstream connections and the store fit;
+    else the kernel refuses connections before the gateway can answer them 503."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    wanted = max_connections + 1024  # upstream pools, the store, the log
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < wanted:
+        log.warning(
+            "open files are limited to %d (ulimit -n), fewer than server.max_connections "
+            "(%d) and the upstream connections need: raise the limit or lower max_connections",
+            soft,
+            max_connections,
+        )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     try:
-        settings = _settings(args.config)
+        settings = _settings(args.config, prepare=True)
     except ConfigError as exc:
         return _fail(f"invalid config:\n{exc}")
     if args.workers > 1 and settings.redis_url is None:
@@ -69,18 +184,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         len(settings.enabled_models()),
         "redis" if settings.redis_url else "embedded",
     )
-    kwargs = _uvicorn_kwargs(args)
+    kwargs = _uvicorn_kwargs(args, settings.server)
     # Streams in flight at SIGTERM get drain_seconds to finish before they are cut.
     kwargs["timeout_graceful_shutdown"] = int(settings.server.drain_seconds) + 1
+    _make_room_for_connections(settings.server.max_connections)
     if args.workers > 1:
-        # Each worker is a fresh process: it reads its config and log level from here.
+        # Each worker is a fresh process: it reads its config and log level from here
+        # (the edge's limits travel inside the protocol factory, in uvicorn's config).
         if args.config:
             os.environ["GATEWAY_CONFIG"] = os.path.abspath(args.config)
         os.environ["GATEWAY_LOG_LEVEL"] = args.log_level
-        uvicorn.run("gateway.app:app_from_env", factory=True, workers=args.workers, **kwargs)
+        _serve_workers(kwargs, args.workers)
     else:
         from gateway.app import create_app
 
+        signal.signal(signal.SIGHUP, _reload_not_supported)
         uvicorn.run(create_app(settings), **kwargs)
     return 0
 
@@ -104,7 +222,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for provider in resolved["providers"].values():
         # Custom headers often carry credentials: show which, not what.
         provider["headers"] = {name: "**********" for name in provider["headers"]}
+        if provider["base_url"]:  # https://user:password@host/... : the same
+            provider["base_url"] = mask_url(provider["base_url"])
     print(f"# {settings.source}: valid")
+    if settings.redis_url is not None:
+        print(f"# store: redis at {mask_url(settings.redis_url.get_secret_value())}")
+    else:
+        from gateway.limits.embedded import default_data_dir
+
+        print(f"# store: embedded, in {settings.server.data_dir or default_data_dir()}")
     print(yaml.safe_dump(resolved, sort_keys=False), end="")
     for warning in warn_about(settings):
         print(f"# warning: {warning}")
@@ -117,7 +243,7 @@ def cmd_mock_upstream(args: argparse.Namespace) -> int:
     from gateway.mockserver import create_mock_app
 
     log.info("mock upstream on http://%s:%d/v1", args.host, args.port)
-    uvicorn.run(create_mock_app(), **_uvicorn_kwargs(args))
+    uvicorn.run(create_mock_app(), **_uvicorn_kwargs(args, ServerConfig()))
     return 0
 
 
@@ -160,7 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", "INFO"))
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # ``gateway keys usage | head``: the reader has gone; so has the point of writing.
+        # stdout goes to /dev/null so that flushing it at exit does not fail once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        # A bug, not a config mistake (those are ConfigError, answered above): one line
+        # for the operator, the traceback only when asked for (--log-level DEBUG).
+        log.debug("traceback", exc_info=exc)
+        return _fail(f"{args.command} failed: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,14 @@ from pydantic import (
 )
 
 from gateway.errors import format_loc
+from gateway.validation import (
+    KEY_NAME_MAX_CHARS,
+    MIN_MASTER_KEY_CHARS,
+    check_http_url,
+    check_key_name,
+    check_metadata,
+    check_redis_url,
+)
 
 log = logging.getLogger("gateway.config")
 
@@ -76,6 +84,11 @@ class ProviderConfig(_Strict):
     # The HTTP client under httpx: "lean" (ours, measured fastest) or "aiohttp".
     transport: Literal["lean", "aiohttp"] = "lean"
 
+    @field_validator("base_url")
+    @classmethod
+    def _valid_base_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_http_url(value)
+
     @field_validator("headers")
     @classmethod
     def _valid_headers(cls, headers: dict[str, str]) -> dict[str, str]:
@@ -105,6 +118,8 @@ class Deployment(_Strict):
         # ``timeout: 30`` bounds the whole call, and every phase within it.
         if isinstance(value, int | float) and not isinstance(value, bool):
             v = float(value)
+            if not v > 0:  # one message, not one per phase it would have become
+                raise ValueError("a timeout must be a positive number of seconds")
             return {"connect": min(5.0, v), "first_token": v, "idle": v, "total": v}
         return value
 
@@ -136,7 +151,7 @@ class Limits(_Strict):
 
 
 class KeyConfig(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=KEY_NAME_MAX_CHARS)
     key: SecretStr
     models: list[str] = ["*"]
     limits: Limits = Limits()
@@ -151,6 +166,16 @@ class KeyConfig(_Strict):
             raise ValueError("a key must start with 'sk-' and be at least 8 characters")
         return value
 
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        return check_key_name(value)
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_metadata(value)
+
 
 class ServerConfig(_Strict):
     cors_origins: list[str] = []
@@ -159,7 +184,18 @@ class ServerConfig(_Strict):
     metrics: bool = True
     # Key prefix in Redis, for gateways that share one Redis.
     redis_prefix: str = Field(default="gw:", min_length=1)
-    max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    # Redis down, fail_mode open: a key's cached record is trusted this long after the
+    # store last confirmed it, so a key revoked elsewhere stops working within it
+    # (docs/limits.md, "When the store is down").
+    stale_key_seconds: PositiveFloat = 300.0
+    # A request's lease (max_parallel, budget reservation) lives this long unless renewed;
+    # renewed every third of it while in flight. Bounds how long a crashed instance's
+    # requests still hold their slots and reservations.
+    lease_ttl_seconds: float = Field(default=30.0, ge=1, le=3600)
+    # Bodies are refused past this (413) before they are read. Parsing costs CPU and
+    # memory in proportion to the body, so 8 MiB bounds both while still fitting
+    # images sent as base64 data URLs of a few MB (docs/limits.md).
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
     default_max_output_tokens: PositiveInt = 4096
     # How long in-flight requests and streams may finish after SIGTERM.
     drain_seconds: float = Field(default=30.0, ge=0)
@@ -167,6 +203,21 @@ class ServerConfig(_Strict):
     # then ": ping" comments keep idle proxies from closing it.
     stream_commit_seconds: PositiveFloat = 5.0
     keepalive_seconds: PositiveFloat = 15.0
+    # The edge, enforced by the server before the app sees a request (gateway/server.py,
+    # docs/operations.md "The edge's protections"): a request head (request line and
+    # headers) of at most max_head_bytes and max_header_fields (else 431), arriving
+    # within head_timeout_seconds (else 408); no read of a body stalled for longer
+    # than body_timeout_seconds (else 408); idle keep-alive connections closed after
+    # keepalive_timeout_seconds, longer than a proxy's own so the proxy closes first;
+    # at most max_connections open per process (beyond it new ones get 503).
+    max_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_header_fields: PositiveInt = 100
+    head_timeout_seconds: PositiveFloat = 10.0
+    body_timeout_seconds: PositiveFloat = 30.0
+    keepalive_timeout_seconds: PositiveFloat = 75.0
+    max_connections: PositiveInt = 2048
+    # Interactive API docs (/docs, /redoc) and the schema (/openapi.json).
+    docs: bool = True
 
 
 class Settings(_Strict):
@@ -192,6 +243,13 @@ class Settings(_Strict):
             for i, fallback in enumerate(model.fallbacks):
                 if fallback not in self.models:
                     problems.append(f"models.{name}.fallbacks[{i}]: unknown model {fallback!r}")
+        if not self.models:
+            problems.append("models: no models are configured, so there is nothing to serve")
+        elif not problems and not self.enabled_models():
+            problems.append(
+                "models: no model has an enabled provider (every provider they use has an "
+                "empty api_key), so there is nothing to serve"
+            )
         seen: dict[str, int] = {}
         for i, key in enumerate(self.keys):
             if key.name in seen:
@@ -280,6 +338,8 @@ def _read_yaml(text: str, source: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -307,8 +367,12 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
             text = path.read_text()
         except OSError as exc:
             raise ConfigError(f"{source}: cannot read the config file: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{source}: cannot read the config file: not UTF-8 text") from None
 
     raw = _read_yaml(text, source)
+    if not raw:
+        raise ConfigError(f"{source}: the config file is empty; it needs at least one model")
     try:
         data = substitute_env(raw, env)
     except ConfigError as exc:
@@ -333,7 +397,27 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
         )
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from None
+    _check_environment(settings)
     return settings
+
+
+def _check_environment(settings: Settings) -> None:
+    """What the environment adds must work too; named by its variable, never printed."""
+    problems = []
+    master = settings.master_key.get_secret_value() if settings.master_key else None
+    if master is not None and len(master) < MIN_MASTER_KEY_CHARS:
+        problems.append(
+            f"GATEWAY_MASTER_KEY: too short ({len(master)} characters); the master key must "
+            f"have at least {MIN_MASTER_KEY_CHARS}. Make one with: "
+            "python -c \"import secrets; print('sk-' + secrets.token_urlsafe(32))\""
+        )
+    if settings.redis_url is not None:
+        try:
+            check_redis_url(settings.redis_url.get_secret_value())
+        except ValueError as exc:
+            problems.append(f"REDIS_URL: {exc}")
+    if problems:
+        raise ConfigError("\n".join(problems))
 
 
 def _without_empty_keys(keys: Any) -> Any:

@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
 from gateway.api.handlers import validation_error
-from gateway.errors import InvalidAPIKey, InvalidRequest
+from gateway.errors import InvalidAPIKey, InvalidRequest, format_loc
 from gateway.limits import estimate
 from gateway.limits.base import Grant, UsageEvent, today
 from gateway.limits.gatekeeper import Gatekeeper
@@ -69,20 +69,43 @@ KeyDep = Annotated[KeyRecord, Depends(authenticate)]
 
 
 async def _parse(request: Request, model: type[M]) -> M:
+    """The body as ``model``, or a 400 naming its first problem.
+
+    Parsed on the event loop whatever its size: pydantic holds the GIL for the
+    whole call, so a worker thread would stall the loop just as long. What bounds
+    the stall is what a body may hold: ``server.max_body_bytes``, the request
+    models' list bounds, and errors that stop at the first bad item
+    (docs/limits.md).
+    """
     body = await request.body()
     if not body:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        errors = exc.errors()
-        kind = errors[0]["type"] if errors else ""
-        if kind in ("json_invalid", "json_type"):
-            detail = errors[0]["msg"].removeprefix("Invalid JSON: ")
-            raise InvalidRequest(f"The request body is not valid JSON: {detail}") from None
-        if kind == "model_type":
-            raise InvalidRequest("The request body must be a JSON object.") from None
-        raise validation_error(list(errors)) from None
+        raise _refusal(exc) from None
+
+
+def _refusal(exc: ValidationError) -> InvalidRequest:
+    # Without each error's input: a too-long list's input is the whole list.
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    kind = first["type"]
+    if kind in ("json_invalid", "json_type"):
+        detail = first["msg"].removeprefix("Invalid JSON: ")
+        return InvalidRequest(f"The request body is not valid JSON: {detail}")
+    if kind == "model_type" and not first["loc"]:  # deeper, it names the field below
+        return InvalidRequest("The request body must be a JSON object.")
+    if kind == "too_long":  # OpenAI's own wording for it
+        param = format_loc(tuple(first["loc"]))
+        ctx = first.get("ctx") or {}
+        return InvalidRequest(
+            f"Invalid '{param}': array too long. Expected an array with maximum length "
+            f"{ctx.get('max_length')}, but got an array with length "
+            f"{ctx.get('actual_length')} instead.",
+            param=param,
+        )
+    return validation_error(list(errors))
 
 
 @dataclass(slots=True)
@@ -105,8 +128,13 @@ async def _admit(
     body: M,
     prompt: int,
     max_output: int | None,
+    choices: int = 1,
 ) -> Call[M]:
-    """Resolve the model (404), check the key may use it (403), then admit (429/503)."""
+    """Resolve the model (404), check the key may use it (403), then admit (429/503).
+
+    The reservation (tpm tokens and budget cost) is the prompt estimate plus the
+    output cap once per choice asked for (``n``): docs/limits.md.
+    """
     model: str = body.model  # type: ignore[attr-defined]
     route = resources.router.route(model)
     key.check_model(model)
@@ -115,15 +143,18 @@ async def _admit(
         max_output = (
             route.config.max_output_tokens or resources.settings.server.default_max_output_tokens
         )
+    max_output *= choices
     # The budget reservation is an upper bound: the dearest deployment of the model.
-    cost = max(
-        (
-            price_cost(t.price.input, t.price.output, prompt, max_output)
-            for t in route.targets
-            if t.price
-        ),
-        default=0.0,
-    )
+    cost = 0.0
+    if key.limits.budget_usd is not None:  # else nothing reserves it
+        cost = max(
+            (
+                price_cost(t.price.input, t.price.output, prompt, max_output)
+                for t in route.targets
+                if t.price
+            ),
+            default=0.0,
+        )
     grant = await resources.gatekeeper.admit(key, prompt + max_output, cost)
     access.headers = grant.headers
     return Call(resources, access, key, body, route, grant, prompt)
@@ -139,7 +170,8 @@ async def admit_chat(request: Request) -> Call[ChatCompletionRequest]:
     body = await _parse(request, ChatCompletionRequest)
     max_output = body.max_completion_tokens or body.max_tokens
     access = request.scope["gateway.access"]
-    return await _admit(resources, access, key, body, estimate.prompt_tokens(body), max_output)
+    prompt = estimate.prompt_tokens(body)
+    return await _admit(resources, access, key, body, prompt, max_output, body.n or 1)
 
 
 async def admit_embedding(request: Request) -> Call[EmbeddingRequest]:

@@ -15,6 +15,9 @@ subclass where it is detected, and rendered exactly once at the edge
     │   └── TooManyInFlight      429 rate_limit_error / max_parallel_exceeded
     ├── QuotaExceeded            429 insufficient_quota / insufficient_quota
     ├── StoreUnavailable         503 api_error / store_unavailable
+    ├── HeadTooLarge             431 invalid_request_error / request_header_fields_too_large
+    ├── RequestTimeout           408 invalid_request_error / request_timeout
+    ├── TooManyConnections       503 api_error / too_many_connections
     └── UpstreamError            an upstream answered badly or not at all
         ├── UpstreamRejected     400/404/413 (422 -> 400), the upstream's message
         ├── UpstreamAuthFailed   502 api_error / upstream_auth_failed
@@ -23,12 +26,51 @@ subclass where it is detected, and rendered exactly once at the edge
         └── UpstreamTimeout      504 api_error / upstream_timeout
 
 ``retryable`` says whether another attempt (same or another deployment) may
-succeed; the routing layer reads it, the edge never does.
+succeed; the routing layer reads it, the edge never does. ``reason`` says, in
+one word of ``Reason``, why an upstream call failed, and ``upstream_status``
+the status the upstream answered with: the access log records both
+(docs/operations.md), the client never sees them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Final
+
+# The longest wait a Retry-After may ask for: an upstream's (or a script's) larger,
+# infinite or negative value is clamped into 0..MAX_RETRY_AFTER, never an error.
+MAX_RETRY_AFTER: Final = 3600.0
+
+
+class Reason:
+    """Why an upstream call failed: the access log's ``reason=`` field, a fixed vocabulary."""
+
+    CONNECT_REFUSED: Final = "connect_refused"  # nothing listens at the upstream's address
+    CONNECT_FAILED: Final = "connect_failed"  # DNS, routing or TLS: no connection made
+    CONNECT_TIMEOUT: Final = "connect_timeout"
+    POOL_TIMEOUT: Final = "pool_timeout"  # every connection to the upstream was busy
+    TIMEOUT_FIRST_TOKEN: Final = "timeout_first_token"  # no answer (first event) in time
+    TIMEOUT_IDLE: Final = "timeout_idle"  # a stream went silent midway
+    TIMEOUT_TOTAL: Final = "timeout_total"  # the deployment's whole-call deadline passed
+    CONNECTION_CLOSED: Final = "connection_closed"  # closed before a complete answer
+    STREAM_CUT: Final = "stream_cut"  # a stream closed mid-answer
+    MALFORMED: Final = "malformed"  # an answer or chunk that does not parse
+    UPSTREAM_STATUS: Final = "upstream_status"  # an HTTP error status (upstream_status=N)
+    ERROR_EVENT: Final = "error_event"  # an error sent as an event mid-stream
+    TRANSPORT_ERROR: Final = "transport_error"  # any other failure of the HTTP exchange
+
+
+def clamp_retry_after(value: float | None) -> float | None:
+    """A wait in seconds within 0..MAX_RETRY_AFTER; None for NaN or what is not a number."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 class GatewayError(Exception):
@@ -36,6 +78,8 @@ class GatewayError(Exception):
     type: str = "api_error"
     code: str | None = "internal_error"
     retryable: bool = False
+    reason: str | None = None
+    upstream_status: int | None = None
 
     def __init__(
         self,
@@ -44,12 +88,15 @@ class GatewayError(Exception):
         param: str | None = None,
         retry_after: float | None = None,
         headers: dict[str, str] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
-        self.retry_after = retry_after
+        self.retry_after = clamp_retry_after(retry_after) if retry_after is not None else None
         self.headers = dict(headers) if headers else {}
+        if reason is not None:
+            self.reason = reason
 
     def response_headers(self) -> dict[str, str]:
         headers = dict(self.headers)
@@ -68,6 +115,11 @@ class InvalidRequest(GatewayError):
 
 class RequestTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
+
+    def response_headers(self) -> dict[str, str]:
+        # The rest of the body is never read: without a close, the server would go
+        # on reading (and discarding) whatever the client keeps sending.
+        return {**super().response_headers(), "connection": "close"}
 
 
 class InvalidAPIKey(GatewayError):
@@ -105,6 +157,21 @@ class QuotaExceeded(GatewayError):
 
 class StoreUnavailable(GatewayError):
     status, type, code = 503, "api_error", "store_unavailable"
+
+
+# The server's own refusals (gateway/server.py), answered before the app sees a request.
+
+
+class HeadTooLarge(GatewayError):
+    status, type, code = 431, "invalid_request_error", "request_header_fields_too_large"
+
+
+class RequestTimeout(GatewayError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
+class TooManyConnections(GatewayError):
+    status, type, code = 503, "api_error", "too_many_connections"
 
 
 class UpstreamError(GatewayError):
@@ -172,16 +239,27 @@ def upstream_status_error(
     param: str | None = None,
     retry_after: float | None = None,
 ) -> UpstreamError:
-    """Map an upstream's HTTP error status to the gateway error for it (DESIGN §6)."""
+    """Map an upstream's HTTP error status to the gateway error for it.
+
+    Only a refusal of the request itself (400/404/413/422) relays the upstream's
+    ``message`` (which the caller has already cleaned of secrets); every other
+    status gets the gateway's own words, since what a failing server says about
+    itself is no business of the client's and may echo what the gateway sent it.
+    The error table is in docs/wire-formats.md.
+    """
+    error: UpstreamError
     if status in _PASSTHROUGH_STATUSES:
-        return UpstreamRejected(message, status=status, type=error_type, code=code, param=param)
-    if status in (401, 403):
-        # The provider key is ours, not the client's: never echo the upstream text.
-        return UpstreamAuthFailed(f"the upstream refused the gateway's credentials ({status})")
-    if status == 429:
-        return UpstreamRateLimited(
-            f"the upstream is rate limiting: {message}", retry_after=retry_after
+        error = UpstreamRejected(message, status=status, type=error_type, code=code, param=param)
+    elif status in (401, 403):
+        # The provider key is ours, not the client's.
+        error = UpstreamAuthFailed(f"the upstream refused the gateway's credentials ({status})")
+    elif status == 429:
+        error = UpstreamRateLimited(
+            "the upstream is rate limiting the gateway (429)", retry_after=retry_after
         )
-    if status == 408:
-        return UpstreamTimeout(f"the upstream timed out ({status})")
-    return UpstreamUnavailable(f"the upstream failed with status {status}: {message}")
+    elif status == 408:
+        error = UpstreamTimeout(f"the upstream timed out ({status})")
+    else:
+        error = UpstreamUnavailable(f"the upstream failed with status {status}")
+    error.reason, error.upstream_status = Reason.UPSTREAM_STATUS, status
+    return error

@@ -83,8 +83,15 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
     if args.expires_at is not None:
         body["expires_at"] = None if args.expires_at.lower() == "none" else args.expires_at
     if args.metadata is not None:
-        body["metadata"] = json.loads(args.metadata)
+        try:
+            body["metadata"] = json.loads(args.metadata)
+        except ValueError as exc:
+            raise _Usage(f"--metadata is not valid JSON: {exc}") from None
     return body
+
+
+class _Usage(Exception):
+    """A flag the gateway would refuse anyway: said here, before anything is sent."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,25 +100,39 @@ def run(args: argparse.Namespace) -> int:
         print("gateway keys: set GATEWAY_MASTER_KEY to the gateway's master key", file=sys.stderr)
         return 2
     url = (args.url or os.environ.get("GATEWAY_URL") or "http://127.0.0.1:8080").rstrip("/")
-    client = httpx.Client(base_url=url, headers={"authorization": f"Bearer {master}"}, timeout=30)
-    action = args.action
     try:
-        if action == "create":
-            response = client.post("/admin/keys", json=_body(args))
-        elif action == "list":
-            params = {"limit": args.limit, **({"after": args.after} if args.after else {})}
-            response = client.get("/admin/keys", params=params)
-        elif action == "show":
-            response = client.get(f"/admin/keys/{args.id}")
-        elif action == "update":
-            response = client.patch(f"/admin/keys/{args.id}", json=_body(args))
-        elif action == "revoke":
-            response = client.delete(f"/admin/keys/{args.id}")
-        else:
-            response = client.get(f"/admin/keys/{args.id}/usage" if args.id else "/admin/usage")
+        with httpx.Client(
+            base_url=url, headers={"authorization": f"Bearer {master}"}, timeout=30
+        ) as client:
+            response = _send(client, args)
+    except _Usage as exc:
+        print(f"gateway keys: {exc}", file=sys.stderr)
+        return 2
     except httpx.HTTPError as exc:
         print(f"gateway keys: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
+    return _show(response, args)
+
+
+def _send(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
+    action = args.action
+    if action == "create":
+        return client.post("/admin/keys", json=_body(args))
+    if action == "list":
+        params = {"limit": args.limit, **({"after": args.after} if args.after else {})}
+        return client.get("/admin/keys", params=params)
+    if action == "show":
+        return client.get(f"/admin/keys/{args.id}")
+    if action == "update":
+        return client.patch(f"/admin/keys/{args.id}", json=_body(args))
+    if action == "revoke":
+        return client.delete(f"/admin/keys/{args.id}")
+    return client.get(f"/admin/keys/{args.id}/usage" if args.id else "/admin/usage")
+
+
+def _show(response: httpx.Response, args: argparse.Namespace) -> int:
+    """The answer on stdout, an error on stderr. A reader that leaves early
+    (``gateway keys usage | head``) is handled in gateway/cli.py's ``main``."""
     if response.status_code >= 400:
         try:
             message = response.json()["error"]["message"]
@@ -123,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"revoked {args.id}")
         return 0
     print(json.dumps(response.json(), indent=2))
-    if action == "create":
+    sys.stdout.flush()  # a closed pipe shows here, inside main's handling, not at exit
+    if args.action == "create":
         print("# the key above is shown this once: store it now", file=sys.stderr)
     return 0

@@ -5,6 +5,13 @@ and faults (the ``mock`` body field, see ``providers/mock.py``). It counts
 what it sees at ``GET /mock/stats``, disconnects included, so a test can prove
 that the gateway closed an abandoned upstream call; ``POST /mock/reset``
 zeroes the counters. A raw ASGI app, so the mock is never the bottleneck.
+
+``disconnects`` counts the requests whose client went away before the answer
+was complete (``streams_disconnected`` the streams among them), and
+``last_disconnect_at`` says when the last was seen (``time.time()``). A stream
+notices through ``receive``; a request that is waiting (``delay_ms``, a
+non-stream answer's pause) is cancelled by the server when its connection
+closes (gateway/disconnect.py), as ``gateway mock-upstream`` serves it.
 """
 
 from __future__ import annotations
@@ -12,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
+from starlette.requests import ClientDisconnect
 
+from gateway.disconnect import CANCEL_ON_DISCONNECT, CLIENT_GONE, cancel_on_disconnect
 from gateway.errors import GatewayError, InvalidRequest, format_loc
 from gateway.providers.mock import (
     MockScript,
@@ -49,9 +59,15 @@ class MockStats:
     streams_started: int = 0
     streams_completed: int = 0
     streams_disconnected: int = 0
+    disconnects: int = 0
+    last_disconnect_at: float | None = None
     in_flight: int = 0
     max_in_flight: int = 0
     request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+
+    def saw_disconnect(self) -> None:
+        self.disconnects += 1
+        self.last_disconnect_at = time.time()
 
     def as_json(self) -> bytes:
         data = asdict(self)
@@ -98,6 +114,7 @@ class MockServer:
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         try:
             raw = await _read_body(receive)
+            cancel_on_disconnect(scope)  # until a stream starts watching for itself
             model: type[BaseModel] = (
                 EmbeddingRequest if path.endswith("embeddings") else ChatCompletionRequest
             )
@@ -121,12 +138,20 @@ class MockServer:
                     .encode(),
                 )
             elif request.stream:
-                await self._stream(request, script, receive, send)
+                await self._stream(request, script, scope, receive, send)
             else:
                 await self._complete(request, script, send)
         except GatewayError as exc:
             await _respond(send, exc.status, _error_body(exc))
+        except ClientDisconnect:
+            stats.saw_disconnect()
+        except asyncio.CancelledError:
+            if CLIENT_GONE not in scope:
+                raise
+            stats.saw_disconnect()
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # stopping was the point
         finally:
+            scope.pop(CANCEL_ON_DISCONNECT, None)
             stats.in_flight -= 1
 
     async def _complete(
@@ -142,10 +167,16 @@ class MockServer:
         await _respond(send, 200, body)
 
     async def _stream(
-        self, request: ChatCompletionRequest, script: MockScript, receive: Any, send: Any
+        self,
+        request: ChatCompletionRequest,
+        script: MockScript,
+        scope: Scope,
+        receive: Any,
+        send: Any,
     ) -> None:
         stats = self.stats
         stats.streams_started += 1
+        scope.pop(CANCEL_ON_DISCONNECT, None)  # the watcher below sees the client leave
         generator = asyncio.current_task()
         disconnected = False
 
@@ -188,6 +219,7 @@ class MockServer:
             if not disconnected:
                 raise
             stats.streams_disconnected += 1
+            stats.saw_disconnect()
             # The client is gone; cancelling ourselves was only the way to stop.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
@@ -217,6 +249,8 @@ async def _read_body(receive: Any) -> bytes:
     body = b""
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
         body += message.get("body", b"")
         if not message.get("more_body"):
             return body

@@ -20,6 +20,7 @@ log = logging.getLogger("gateway")
 
 
 def build_store(settings: Settings) -> Store:
+    lease_ttl_ms = int(settings.server.lease_ttl_seconds * 1000)
     if settings.redis_url is not None:
         from gateway.limits.redis import RedisStore
 
@@ -27,10 +28,11 @@ def build_store(settings: Settings) -> Store:
             settings.redis_url.get_secret_value(),
             fail_open=settings.server.fail_mode == "open",
             prefix=settings.server.redis_prefix,
+            lease_ttl_ms=lease_ttl_ms,
         )
     from gateway.limits.embedded import EmbeddedStore
 
-    return EmbeddedStore(settings.server.data_dir)
+    return EmbeddedStore(settings.server.data_dir, lease_ttl_ms=lease_ttl_ms)
 
 
 @dataclass

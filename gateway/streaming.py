@@ -51,11 +51,12 @@ SERVER_SEND = "gateway.server_send"
 class StreamState:
     """How a relayed stream ended; read by the cleanup that settles it."""
 
-    __slots__ = ("chunks", "outcome")
+    __slots__ = ("chunks", "error", "outcome")
 
     def __init__(self) -> None:
         self.chunks = 0
         self.outcome: str = "client_disconnect"  # until the relay says otherwise
+        self.error: GatewayError | None = None  # what the client was told, when it failed
 
 
 _PING = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
@@ -175,6 +176,7 @@ class EventStreamResponse(Response):
                 state.outcome = "error"
                 error = UpstreamUnavailable(f"the stream failed: {type(exc).__name__}")
             finished = True
+            state.error = error
             if error is not None and not started:
                 # Nothing of the stream was sent: an ordinary HTTP error, as if unstreamed.
                 started = True

@@ -13,6 +13,8 @@ from gateway.config import ConfigError, Timeouts, load_settings, warn_about
 from gateway.providers.registry import check_types
 
 MOCK = "providers: {demo: {type: mock}}\n"
+# A config needs a model to be valid: this one, where a test is about something else.
+SERVED = MOCK + "models: {m: {deployments: [{provider: demo, model: m}]}}\n"
 
 
 def write(tmp_path: Path, text: str, name: str = "gateway.yaml") -> Path:
@@ -137,7 +139,7 @@ BROKEN = [
         id="key-without-sk-prefix",
     ),
     pytest.param(
-        "keys:\n  - {name: ci, key: sk-abcdefgh}\n  - {name: ci, key: sk-abcdefgi}\n",
+        SERVED + "keys:\n  - {name: ci, key: sk-abcdefgh}\n  - {name: ci, key: sk-abcdefgi}\n",
         {},
         ["{file}: keys[1].name: duplicate key name 'ci'"],
         id="duplicate-key-name",
@@ -153,6 +155,102 @@ BROKEN = [
         {"TEAM": "a\r\nx-injected: 1"},
         ["{file}: providers.up.headers: the value of header 'x-team' must be ASCII on one line"],
         id="header-value-with-a-line-break",
+    ),
+    pytest.param(
+        "providers:\n  up: {type: openai, base_url: 'not a url'}\n",
+        {},
+        ["{file}: providers.up.base_url: 'not a url' is not a URL (it is empty or has spaces)"],
+        id="base-url-not-a-url",
+    ),
+    pytest.param(
+        "providers:\n  up: {type: openai, base_url: 'api.openai.com/v1'}\n",
+        {},
+        [
+            "{file}: providers.up.base_url: 'api.openai.com/v1' is not an absolute http:// "
+            "or https:// URL"
+        ],
+        id="base-url-without-scheme",
+    ),
+    pytest.param(
+        "providers:\n  up: {type: openai, base_url: 'http://[::1'}\n",
+        {},
+        ["{file}: providers.up.base_url: 'http://[::1' is not a valid URL: Invalid port: ':1'"],
+        id="base-url-httpx-cannot-parse",
+    ),
+    pytest.param(
+        "providers:\n  up: {type: openai, base_url: 'ftp://files.example.com/v1'}\n",
+        {},
+        [
+            "{file}: providers.up.base_url: 'ftp://files.example.com/v1' is not an absolute "
+            "http:// or https:// URL (scheme 'ftp')"
+        ],
+        id="base-url-other-scheme",
+    ),
+    pytest.param(
+        "providers:\n  up: {type: openai, base_url: 'http:///v1'}\n",
+        {},
+        ["{file}: providers.up.base_url: 'http:///v1' has no valid host"],
+        id="base-url-without-host",
+    ),
+    pytest.param(
+        "providers:\n  up: {type: openai, base_url: 'http://127.0.0.1:99999/v1'}\n",
+        {},
+        ["{file}: providers.up.base_url: 'http://127.0.0.1:99999/v1' has a port out of range"],
+        id="base-url-port-out-of-range",
+    ),
+    pytest.param(
+        "providers:\n  up: {type: openai, base_url: 'https://bob:hunter2@[::1/v1'}\n",
+        {},
+        [
+            "{file}: providers.up.base_url: 'https://****@[::1/v1' is not a valid URL: Invalid port: ':1'"
+        ],
+        id="base-url-error-masks-the-password",
+    ),
+    pytest.param(
+        MOCK,
+        {},
+        ["{file}: models: no models are configured, so there is nothing to serve"],
+        id="no-models",
+    ),
+    pytest.param(
+        "providers: {openai: {type: openai, api_key: '${OPENAI_API_KEY:-}'}}\n"
+        "models: {gpt-4o: {deployments: [{provider: openai, model: gpt-4o}]}}\n",
+        {},
+        [
+            "{file}: models: no model has an enabled provider (every provider they use has an "
+            "empty api_key), so there is nothing to serve"
+        ],
+        id="no-model-with-an-enabled-provider",
+    ),
+    pytest.param(
+        SERVED + 'keys:\n  - {name: "ci\\u001b[31m", key: sk-abcdefgh}\n',
+        {},
+        ["{file}: keys[0].name: a key name must be printable text, without control characters"],
+        id="key-name-with-an-escape",
+    ),
+    pytest.param(
+        SERVED + f"keys:\n  - {{name: {'n' * 201}, key: sk-abcdefgh}}\n",
+        {},
+        ["{file}: keys[0].name: String should have at most 200 characters"],
+        id="key-name-too-long",
+    ),
+    pytest.param(
+        SERVED + f"keys:\n  - {{name: ci, key: sk-abcdefgh, metadata: {{x: {'y' * 17000}}}}}\n",
+        {},
+        ["{file}: keys[0].metadata: metadata is 17008 bytes as JSON, more than 16384"],
+        id="metadata-too-large",
+    ),
+    pytest.param(
+        SERVED + "server: {max_body_bytes: -5}\n",
+        {},
+        ["{file}: server.max_body_bytes: Input should be greater than 0"],
+        id="negative-number",
+    ),
+    pytest.param(
+        SERVED + "server: {docs: maybe}\n",
+        {},
+        ["{file}: server.docs: Input should be a valid boolean, unable to interpret input"],
+        id="docs-not-a-boolean",
     ),
     pytest.param(
         "- providers\n- models\n",
@@ -175,6 +273,55 @@ def test_broken_config_names_file_and_field(
 ) -> None:
     path = write(tmp_path, text)
     assert config_error(path, env) == [line.format(file=path) for line in expected]
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        pytest.param(
+            {"GATEWAY_MASTER_KEY": "sk-master-short"},
+            "GATEWAY_MASTER_KEY: too short (15 characters); the master key must have at least 32.",
+            id="short-master-key",
+        ),
+        pytest.param(
+            {"REDIS_URL": "http://user:pw@127.0.0.1:6379/0"},
+            "REDIS_URL: 'http://****@127.0.0.1:6379/0' must start with redis:// or rediss://",
+            id="redis-url-scheme",
+        ),
+        pytest.param(
+            {"REDIS_URL": "redis://:pw@127.0.0.1:port/0"},
+            "REDIS_URL: 'redis://****@127.0.0.1:port/0' has an invalid port",
+            id="redis-url-port",
+        ),
+        pytest.param(
+            {"REDIS_URL": "redis://127.0.0.1:6379/zero"},
+            "REDIS_URL: 'redis://127.0.0.1:6379/zero': the path must be a database number, "
+            "not 'zero'",
+            id="redis-url-database",
+        ),
+    ],
+)
+def test_environment_that_cannot_work_is_named_without_its_secret(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    (line,) = config_error(write(tmp_path, SERVED), env)
+    assert line.startswith(expected)
+    assert "sk-master-short" not in line
+    assert ":pw@" not in line
+
+
+def test_empty_file_is_an_error(tmp_path: Path) -> None:
+    for text in ("", "# only a comment\n"):
+        path = write(tmp_path, text)
+        assert config_error(path) == [
+            f"{path}: the config file is empty; it needs at least one model"
+        ]
+
+
+def test_file_that_is_not_text_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    assert config_error(path) == [f"{path}: cannot read the config file: not UTF-8 text"]
 
 
 def test_invalid_yaml_names_the_file_and_the_line(tmp_path: Path) -> None:
@@ -202,7 +349,11 @@ def test_relative_path_is_named_as_given(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 def test_unknown_provider_type_via_registry(tmp_path: Path) -> None:
-    path = write(tmp_path, "providers:\n  demo: {type: mock}\n  odd: {type: nosuch}\n")
+    path = write(
+        tmp_path,
+        "providers:\n  demo: {type: mock}\n  odd: {type: nosuch}\n"
+        "models: {m: {deployments: [{provider: odd, model: x}]}}\n",
+    )
     settings = load_settings(path, env={})  # the type is checked by the registry, not pydantic
     with pytest.raises(ConfigError) as info:
         check_types(settings)
@@ -215,6 +366,7 @@ def test_unknown_provider_type_via_registry(tmp_path: Path) -> None:
 
 def test_known_provider_types_pass_the_registry(tmp_path: Path) -> None:
     path = write(tmp_path, "providers:\n  demo: {type: mock}\n  up: {type: openai}\n")
+    path.write_text(path.read_text() + "models: {m: {deployments: [{provider: up, model: x}]}}\n")
     check_types(load_settings(path, env={}))
 
 
@@ -226,7 +378,8 @@ def test_default_substitution(tmp_path: Path) -> None:
         tmp_path,
         "providers:\n"
         "  up: {type: openai, base_url: '${UP_URL:-http://127.0.0.1:8000/v1}'}\n"
-        "  mid: {type: openai, base_url: 'http://${HOST:-localhost}:${PORT:-9000}/v1'}\n",
+        "  mid: {type: openai, base_url: 'http://${HOST:-localhost}:${PORT:-9000}/v1'}\n"
+        "models: {m: {deployments: [{provider: up, model: x}]}}\n",
     )
     settings = load_settings(path, env={})
     assert settings.providers["up"].base_url == "http://127.0.0.1:8000/v1"
@@ -240,7 +393,7 @@ def test_default_substitution(tmp_path: Path) -> None:
 def test_whole_value_variable_keeps_yaml_type(tmp_path: Path) -> None:
     path = write(
         tmp_path,
-        "keys:\n"
+        SERVED + "keys:\n"
         "  - name: ci\n"
         "    key: '${CI_KEY}'\n"
         "    limits: {rpm: '${RPM:-60}', tpm: '${TPM}', budget_usd: '${BUDGET:-2.5}'}\n"
@@ -280,6 +433,7 @@ def test_whole_value_variable_that_is_not_yaml_stays_text(
         tmp_path,
         "providers:\n"
         "  local: {type: openai, api_key: '${LOCAL_KEY:-sk-local-0123456789}'}\n"
+        "models: {m: {deployments: [{provider: local, model: x}]}}\n"
         "keys:\n"
         "  - {name: ci, key: sk-ci-0123456789, models: ['${ALLOWED:-*}']}\n",
     )
@@ -337,6 +491,8 @@ def test_embedded_default_without_env_serves_mock_models_only() -> None:
     assert set(settings.enabled_models()) == {"mock-chat", "mock-embedding"}
     (demo,) = settings.keys
     assert demo.key.get_secret_value() == "sk-gateway-demo"
+    assert demo.models == ["mock-*"]
+    assert settings.server.docs is True
     assert settings.master_key is None
     assert settings.redis_url is None
 
@@ -349,15 +505,19 @@ def test_embedded_default_lists_openai_models_with_a_key() -> None:
     assert {"mock-chat", "mock-embedding", "gpt-4o-mini", "gpt-4o"} <= enabled
     assert settings.providers["openai"].base_url == "https://api.openai.com/v1"
     assert settings.keys[0].key.get_secret_value() == "sk-mine-0123"
+    # The demo key stays on the mock models, whatever the environment enables.
+    assert settings.keys[0].models == ["mock-*"]
+    assert load_settings(None, env={"GATEWAY_DOCS": "false"}).server.docs is False
 
 
 def test_environment_adds_master_key_and_redis(tmp_path: Path) -> None:
-    path = write(tmp_path, MOCK)
+    path = write(tmp_path, SERVED)
+    master = "sk-master-" + "0123456789" * 3
     settings = load_settings(
-        path, env={"GATEWAY_MASTER_KEY": "sk-master-0123", "REDIS_URL": "redis://h:6379/0"}
+        path, env={"GATEWAY_MASTER_KEY": master, "REDIS_URL": "redis://h:6379/0"}
     )
     assert settings.master_key is not None
-    assert settings.master_key.get_secret_value() == "sk-master-0123"
+    assert settings.master_key.get_secret_value() == master
     assert settings.redis_url is not None
     assert settings.redis_url.get_secret_value() == "redis://h:6379/0"
 
@@ -365,7 +525,7 @@ def test_environment_adds_master_key_and_redis(tmp_path: Path) -> None:
 def test_relative_data_dir_resolves_against_the_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write(tmp_path, MOCK + "server: {data_dir: state/gw}\n", name="conf/gateway.yaml")
+    write(tmp_path, SERVED + "server: {data_dir: state/gw}\n", name="conf/gateway.yaml")
     monkeypatch.chdir(tmp_path)  # not the cwd: the directory of the file
     settings = load_settings(Path("conf/gateway.yaml"), env={})
     assert settings.server.data_dir == tmp_path.resolve() / "conf" / "state" / "gw"
@@ -373,12 +533,12 @@ def test_relative_data_dir_resolves_against_the_config_file(
 
 def test_absolute_data_dir_is_kept(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
-    path = write(tmp_path, MOCK + f"server: {{data_dir: '{target}'}}\n", name="conf/gateway.yaml")
+    path = write(tmp_path, SERVED + f"server: {{data_dir: '{target}'}}\n", name="conf/gateway.yaml")
     assert load_settings(path, env={}).server.data_dir == target
 
 
 def test_data_dir_defaults_to_none(tmp_path: Path) -> None:
-    assert load_settings(write(tmp_path, MOCK), env={}).server.data_dir is None
+    assert load_settings(write(tmp_path, SERVED), env={}).server.data_dir is None
 
 
 # ---------------------------------------------------------------- gateway check-config
@@ -400,7 +560,7 @@ def test_check_config_prints_config_with_secrets_masked(
     provider_secret = "sk-upstream-secret-9876"
     key_secret = "sk-ci-secret-1234"
     monkeypatch.setenv("UP_KEY", provider_secret)
-    monkeypatch.setenv("GATEWAY_MASTER_KEY", "sk-master-secret-5555")
+    monkeypatch.setenv("GATEWAY_MASTER_KEY", "sk-master-secret-5555-0123456789abcdef")
     path = write(
         tmp_path,
         "providers:\n"
@@ -422,6 +582,43 @@ def test_check_config_prints_config_with_secrets_masked(
 
 
 @pytest.mark.usefixtures("restore_gateway_logger")
+def test_check_config_masks_the_user_info_of_urls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://default:s3cret-redis@redis.example.com:6380/1")
+    path = write(
+        tmp_path,
+        "providers:\n"
+        "  up: {type: openai, base_url: 'https://bob:hunter2@proxy.example.com/v1'}\n"
+        "models: {m: {deployments: [{provider: up, model: x}]}}\n",
+    )
+    assert main(["check-config", "--config", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "base_url: https://****@proxy.example.com/v1" in out
+    assert "# store: redis at redis://****@redis.example.com:6380/1" in out
+    for secret in ("hunter2", "bob", "s3cret-redis", "default:"):
+        assert secret not in out + err
+
+
+@pytest.mark.usefixtures("restore_gateway_logger")
+def test_check_config_names_a_data_dir_that_cannot_be_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    path = write(tmp_path, SERVED + f"server: {{data_dir: '{blocker}/data'}}\n")
+    assert main(["check-config", "--config", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "gateway: invalid config:\n"
+        f"{path}: server.data_dir: the embedded store cannot use {blocker}/data: "
+        f"Not a directory ({blocker})\n"
+    )
+    assert not (blocker.parent / "data").exists()
+
+
+@pytest.mark.usefixtures("restore_gateway_logger")
 def test_check_config_fails_with_the_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -439,7 +636,10 @@ def test_check_config_fails_with_the_error(
 def test_check_config_fails_on_unknown_provider_type(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, "providers: {odd: {type: nosuch}}\n")
+    path = write(
+        tmp_path,
+        "providers: {odd: {type: nosuch}}\nmodels: {m: {deployments: [{provider: odd, model: x}]}}\n",
+    )
     assert main(["check-config", "--config", str(path)]) == 1
     out, err = capsys.readouterr()
     assert out == ""

@@ -1,10 +1,11 @@
-"""gateway/errors.py: the upstream status table (DESIGN §6) and response headers."""
+"""gateway/errors.py: the upstream status table (docs/wire-formats.md) and response headers."""
 
 from __future__ import annotations
 
 import pytest
 
 from gateway.errors import (
+    MAX_RETRY_AFTER,
     GatewayError,
     InvalidRequest,
     QuotaExceeded,
@@ -15,6 +16,7 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    clamp_retry_after,
     format_loc,
     upstream_status_error,
 )
@@ -70,9 +72,11 @@ def test_upstream_429_keeps_retry_after() -> None:
     assert error.status == 429
     assert (error.type, error.code) == ("rate_limit_error", "upstream_rate_limited")
     assert error.retry_after == 2.5
-    assert error.message == "the upstream is rate limiting: Rate limit reached for gpt-4o"
+    # The gateway's own words: what an upstream says of its limits is not relayed.
+    assert error.message == "the upstream is rate limiting the gateway (429)"
     assert error.response_headers() == {"retry-after": "3"}
     assert error.retryable
+    assert (error.reason, error.upstream_status) == ("upstream_status", 429)
 
 
 @pytest.mark.parametrize("upstream", [500, 502, 503, 504, 529])
@@ -81,12 +85,20 @@ def test_upstream_5xx_is_502_upstream_error(upstream: int) -> None:
     assert type(error) is UpstreamUnavailable
     assert error.status == 502
     assert error.to_dict() == {
-        "message": f"the upstream failed with status {upstream}: The server had an error",
+        "message": f"the upstream failed with status {upstream}",
         "type": "api_error",
         "param": None,
         "code": "upstream_error",
     }
     assert error.retryable
+    assert (error.reason, error.upstream_status) == ("upstream_status", upstream)
+
+
+@pytest.mark.parametrize("upstream", [402, 405, 409, 410, 451])
+def test_other_upstream_statuses_keep_their_text_to_themselves(upstream: int) -> None:
+    error = upstream_status_error(upstream, "echo: Authorization: Bearer sk-secret")
+    assert type(error) is UpstreamUnavailable
+    assert error.message == f"the upstream failed with status {upstream}"
 
 
 def test_upstream_408_is_a_timeout() -> None:
@@ -109,6 +121,36 @@ def test_every_mapping_is_an_upstream_error() -> None:
 def test_retry_after_is_whole_seconds_rounded_up(retry_after: float, header: str) -> None:
     error = RateLimited("Rate limit reached", retry_after=retry_after)
     assert error.response_headers() == {"retry-after": header}
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds", "header"),
+    [
+        (float("inf"), MAX_RETRY_AFTER, "3600"),
+        (1e300, MAX_RETRY_AFTER, "3600"),
+        (10**400, None, None),  # not a float at all: no header rather than a 500
+        (float("-inf"), 0.0, "1"),
+        (-5, 0.0, "1"),
+        (float("nan"), None, None),
+        (7, 7.0, "7"),
+    ],
+)
+def test_retry_after_is_clamped_never_a_crash(
+    given: float, seconds: float | None, header: str | None
+) -> None:
+    assert clamp_retry_after(given) == seconds
+    error = RateLimited("Rate limit reached", retry_after=given)
+    assert error.retry_after == seconds
+    expected = {"retry-after": header} if header else {}
+    assert error.response_headers() == expected
+
+
+def test_reason_is_set_where_the_error_is_made() -> None:
+    assert GatewayError("boom").reason is None
+    error = UpstreamUnavailable("the upstream closed the connection", reason="stream_cut")
+    assert error.reason == "stream_cut"
+    assert error.upstream_status is None
+    assert "stream_cut" not in str(error.to_dict())  # for the log, not the client
 
 
 def test_no_retry_after_no_header() -> None:

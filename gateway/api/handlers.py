@@ -1,4 +1,4 @@
-"""Errors -> the ingress envelope, in one place (DESIGN §6).
+"""Errors -> the ingress envelope, in one place (docs/wire-formats.md).
 
 Everything raised on a request ends here: a ``GatewayError`` renders as itself,
 FastAPI's validation errors become 400 (never 422), unknown routes and methods
@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from gateway.errors import GatewayError, InvalidRequest, format_loc
+from gateway.observability.logging import AccessRecord
 
 log = logging.getLogger("gateway.errors")
 _LOC_ROOTS = ("body", "query", "path", "header")
@@ -33,6 +34,16 @@ def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> 
         headers={**(headers or {}), **exc.response_headers()},
         media_type="application/json",
     )
+
+
+def record_error(access: AccessRecord | None, exc: GatewayError) -> None:
+    """Put why an upstream call failed on the request's access-log line.
+
+    Called where the error is rendered (the handlers here, a stream's close),
+    once a request; the reason is one word of ``errors.Reason``, never text.
+    """
+    if access is not None and exc.reason is not None:
+        access.reason, access.upstream_status = exc.reason, exc.upstream_status
 
 
 def validation_error(errors: list[dict]) -> InvalidRequest:
@@ -59,6 +70,7 @@ class _MethodNotAllowed(GatewayError):
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    record_error(request.scope.get("gateway.access"), exc)
     return error_response(exc)
 
 
@@ -72,6 +84,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc.__cause__, GatewayError):
         # FastAPI wraps what fails while it reads a body (a chunked body over the
         # limit: 413) in a 400 of its own; the cause is the real answer.
+        record_error(request.scope.get("gateway.access"), exc.__cause__)
         return error_response(exc.__cause__)
     if exc.status_code == 405:
         error: GatewayError = _MethodNotAllowed(f"Method {request.method} is not allowed here.")

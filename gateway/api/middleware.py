@@ -7,17 +7,27 @@ whatever answer it gets, success or error, refuses bodies over
 ``max_body_bytes`` with 413 before anything parses them, answers an
 unexpected error with the 500 envelope (logged once, with the request id), and
 writes the one access-log line when the response is done.
+
+A client that leaves before its answer is complete is an outcome, not an error
+(docs/architecture.md, "Disconnects"): no traceback, no ERROR line, the access
+line says ``outcome=client_disconnect`` with status 499 (or the status already
+sent, when the answer had begun). The server tells it through the scope
+(gateway/disconnect.py); under another server, a ``ClientDisconnect`` says it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import disconnect
 from gateway.api.handlers import error_response, internal_error
+from gateway.disconnect import CANCEL_ON_DISCONNECT, CLIENT_GONE
 from gateway.errors import RequestTooLarge
 from gateway.ids import new_id
 from gateway.observability.logging import AccessLog, AccessRecord
@@ -51,6 +61,7 @@ class RequestContextMiddleware:
         id_header = (b"x-request-id", request_id)
         record = AccessRecord(request_id.decode(), scope["method"], scope["path"])
         scope["gateway.access"] = record
+        disconnect.bind(scope)
         started = time.perf_counter()
 
         # A plain function handing back send's awaitable: one coroutine less per
@@ -75,6 +86,15 @@ class RequestContextMiddleware:
             if length < 0:  # chunked: count as it arrives
                 receive = _counting(receive, limit)
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # Read from a connection already gone (mid-body, most often): nothing was
+            # admitted, nothing is spent, and there is no one left to answer.
+            scope.setdefault(CLIENT_GONE, 0 if record.status else 499)
+        except asyncio.CancelledError:
+            if CLIENT_GONE not in scope:
+                raise  # a shutdown, not the client
+            # The server cancelled the request because its client left: done, not failed.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         except Exception as exc:
             # Answered here, not by the outermost error layer: the 500 then has its
             # request id and its access-log line, and is logged once.
@@ -82,6 +102,14 @@ class RequestContextMiddleware:
                 raise
             await internal_error(record.request_id, exc)(scope, receive, send_with_id)
         finally:
+            gone = scope.get(CLIENT_GONE)
+            if gone is not None:
+                if gone:
+                    record.status = gone
+                record.outcome = "client_timeout" if gone == 408 else "client_disconnect"
+            # The task the route left there would tie the scope and the task's context
+            # (which holds the scope) into a cycle only the collector could free.
+            scope.pop(CANCEL_ON_DISCONNECT, None)
             self.access_log.write(record.line((time.perf_counter() - started) * 1000))
 
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from contextlib import AsyncExitStack
 
 from fastapi import APIRouter
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.handlers import error_json, error_response
+from gateway.api.handlers import error_json, error_response, record_error
 from gateway.api.route import AdmittedRoute
 from gateway.deps import Call, ChatCall, EmbeddingCall, KeyDep, ResourcesDep, settle
-from gateway.errors import GatewayError
+from gateway.disconnect import cancel_on_disconnect
+from gateway.errors import GatewayError, ModelNotFound
 from gateway.providers.base import CallContext
 from gateway.routing.router import Target
 from gateway.schemas.openai import (
@@ -84,11 +87,15 @@ async def chat_completions(call: ChatCall) -> Response:
     body, access = call.body, call.access
     target: Target | None = None
     handed_over = False  # the response settles the call from then on
+    left = False
     try:
         target, ctx = _pick(call)
         if body.stream:
             response: Response = await _stream_chat(call, target, ctx)
         else:
+            # A stream watches for its client itself; here the server cancels this task
+            # (and so the upstream call) if the client leaves from now on.
+            cancel_on_disconnect()
             started = time.perf_counter()
             answer = await target.provider.chat(body, ctx)
             access.ttft_ms = (time.perf_counter() - started) * 1000
@@ -103,9 +110,21 @@ async def chat_completions(call: ChatCall) -> Response:
             )
         handed_over = True
         return response
+    except (asyncio.CancelledError, ClientDisconnect):
+        left = True
+        raise
     finally:
         if not handed_over:
-            await settle(call, target, input_tokens=0, output_tokens=0, error=True)
+            await _settle_unanswered(call, target, left=left)
+
+
+async def _settle_unanswered(call: Call, target: Target | None, *, left: bool) -> None:
+    """Settle a call that never handed an answer over: it failed, or its client left.
+
+    Shielded: the client leaving (or a shutdown) while this runs cancels the
+    request, and the store call must still finish, or the lease stays taken.
+    """
+    await asyncio.shield(settle(call, target, input_tokens=0, output_tokens=0, error=not left))
 
 
 async def _stream_chat(
@@ -133,6 +152,8 @@ async def _stream_chat(
             await stack.aclose()
         finally:  # settled whatever closing the upstream did: the lease must go back
             access.outcome = state.outcome
+            if state.error is not None:
+                record_error(access, state.error)
             if reported:
                 tokens_in, tokens_out = reported[-1]
             else:  # abandoned or failed midway: what the client was sent, one token a chunk
@@ -174,8 +195,10 @@ def _error_frame(exc: GatewayError) -> bytes:
 async def embeddings(call: EmbeddingCall) -> Response:
     target: Target | None = None
     handed_over = False
+    left = False
     try:
         target, ctx = _pick(call)
+        cancel_on_disconnect()
         answer = await target.provider.embed(call.body, ctx)
         answer.model = call.body.model
         response = _SettlingJSON(
@@ -187,9 +210,12 @@ async def embeddings(call: EmbeddingCall) -> Response:
         )
         handed_over = True
         return response
+    except (asyncio.CancelledError, ClientDisconnect):
+        left = True
+        raise
     finally:
         if not handed_over:
-            await settle(call, target, input_tokens=0, output_tokens=0, error=True)
+            await _settle_unanswered(call, target, left=left)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)
@@ -202,3 +228,12 @@ async def list_models(key: KeyDep, resources: ResourcesDep) -> ModelList:
             if key.allows(name)
         ]
     )
+
+
+@router.get("/v1/models/{model:path}", response_model=ModelCard, responses=_ERRORS)
+async def retrieve_model(model: str, key: KeyDep, resources: ResourcesDep) -> ModelCard:
+    """One model's card (the SDKs' ``models.retrieve``); 404 for a model this key may not
+    use, as for one that does not exist: a key learns nothing of the others' models."""
+    if model not in resources.router.names() or not key.allows(model):
+        raise ModelNotFound(f"The model `{model}` does not exist", param="model")
+    return ModelCard(id=model, created=resources.started_at, owned_by="gateway")

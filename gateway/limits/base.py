@@ -1,16 +1,25 @@
 """The store interface behind the limits, and the values that cross it.
 
 A store keeps keys and usage, and checks limits with ONE atomic call each way:
-``admit`` checks and takes rpm, the tpm reservation, a max_parallel lease and
-the budget reservation together; ``settle`` reconciles tokens and cost,
-releases the lease and records usage. Two backends implement it with the same
-semantics: ``embedded`` (one process) and ``redis`` (any number).
+``admit`` checks and takes rpm, the tpm reservation, a lease and the budget
+reservation together; ``settle`` reconciles tokens and cost, releases the
+lease and records usage. Two backends implement it with the same semantics:
+``embedded`` (one process) and ``redis`` (any number).
+
+Budgets (docs/limits.md, "Budgets"): settled spend and the reservations of
+requests in flight are kept apart. A request is admitted while their sum is
+below the budget; once settled spend alone reaches it the key is refused for
+good (``insufficient_quota``), while reservations alone only delay it (a
+retryable 429). A reservation rides on its request's lease: every request of a
+key with a budget holds one, so a crashed instance's reservations expire with
+its leases instead of holding the budget for ever.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -21,8 +30,7 @@ from gateway.limits.keys import KeyRecord
 from gateway.schemas.admin import UsageDoc
 
 WINDOW_MS = 60_000
-LEASE_TTL_MS = 30_000
-LEASE_RENEW_SECONDS = 10.0
+LEASE_TTL_MS = 30_000  # server.lease_ttl_seconds; renewed every third of it
 
 
 @dataclass(slots=True, frozen=True)
@@ -41,9 +49,9 @@ class Grant:
     request_id: str
     tokens: int = 0  # reserved against tpm (0: the key has no tpm)
     bucket: int = -1  # the second the reservation landed in
-    cost: float = 0.0  # reserved against the budget
-    period: str = ""  # the budget period it was reserved in
-    lease: bool = False
+    cost: float = 0.0  # reserved against the budget, under this admission's ticket
+    period: str = ""  # the budget period it was reserved in ("": the key has no budget)
+    lease: bool = False  # for max_parallel, and for the budget reservation to ride on
     local: bool = False  # admitted by the per-process fallback while the store was down
     # ... because the store's admit failed: it may have run, its reply lost on the way.
     unsure: bool = False
@@ -71,6 +79,12 @@ class Store(Protocol):
     async def get_key(self, key_id: str) -> KeyRecord | None: ...
     async def list_keys(self, limit: int, after: str | None) -> tuple[list[KeyRecord], bool]: ...
     async def put_key(self, record: KeyRecord, digest: str | None = None) -> None: ...
+    # The admin API's writes: names unique (``KeyNameTaken``), an update one atomic
+    # read-modify-write (``change`` may run more than once; None: no such key).
+    async def create_key(self, record: KeyRecord, digest: str) -> None: ...
+    async def update_key(
+        self, key_id: str, change: Callable[[KeyRecord], KeyRecord]
+    ) -> KeyRecord | None: ...
 
     async def admit(self, admission: Admission) -> Grant: ...
     async def settle(self, grant: Grant, usage: UsageEvent) -> None: ...
@@ -141,8 +155,17 @@ def rate_headers(
     return headers
 
 
-# Why admit refused, as both backends report it.
-REFUSED_RPM, REFUSED_TPM, REFUSED_TOO_LARGE, REFUSED_PARALLEL, REFUSED_BUDGET = 1, 2, 3, 4, 5
+# Why admit refused, as both backends report it. BUDGET: settled spend reached the
+# budget; BUDGET_HELD: below it, but the reservations of requests in flight fill the rest.
+REFUSED_RPM, REFUSED_TPM, REFUSED_TOO_LARGE, REFUSED_PARALLEL = 1, 2, 3, 4
+REFUSED_BUDGET, REFUSED_BUDGET_HELD = 5, 6
+# When a refusal frees depends on requests in flight finishing: ask for a retry soon.
+IN_FLIGHT_RETRY_MS = 1000.0
+
+
+def lease_renew_seconds(lease_ttl_ms: float) -> float:
+    """How often leases are renewed: three times per TTL, so one missed renewal is harmless."""
+    return lease_ttl_ms / 3000
 
 
 def refusal(
@@ -175,8 +198,16 @@ def refusal(
             f"limit of {limits.tpm} tokens per minute; lower max_tokens.",
             headers=headers,
         )
+    period = limits.budget_period or "total"
+    if reason == REFUSED_BUDGET_HELD:
+        return RateLimited(
+            f"The key's budget of ${limits.budget_usd} per {period} is held by the "
+            "reservations of its requests in flight; it frees as they finish. "
+            f"Retry after {math.ceil(retry)}s.",
+            retry_after=retry,
+            headers=headers,
+        )
     return QuotaExceeded(
-        f"The key's budget of ${limits.budget_usd} per {limits.budget_period or 'total'} "
-        "is used up.",
+        f"The key's budget of ${limits.budget_usd} per {period} is used up.",
         headers=headers,
     )

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.limits.base import LEASE_TTL_MS, Admission, Grant, UsageEvent, spend_periods
-from gateway.limits.keys import KeyRecord
+from gateway.limits.keys import KeyNameTaken, KeyRecord
 from gateway.limits.local import LocalLimiter
 from gateway.limits.usage import UsageTable, usage_doc
 from gateway.schemas.admin import UsageDoc
@@ -69,16 +71,46 @@ def default_data_dir() -> Path:
     return Path(base) / "gateway"
 
 
+DB_NAME = "gateway.db"
+_PRIVATE_FILE = 0o600
+
+
+def prepare_data_dir(directory: Path) -> Path:
+    """Make ``directory`` ready for the store and return the database's path.
+
+    Keys' hashes and usage are nobody else's business: the directory is 0700
+    and the database 0600 (SQLite gives its -wal and -shm files the
+    database's mode), also when an earlier version made them readable to all.
+    Raises ``OSError`` when the directory cannot be made or written.
+    """
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = directory.stat()
+    if info.st_uid == os.geteuid() and info.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+        log.warning("made the data directory %s private to its owner (0700)", directory)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(13, "Permission denied", str(directory))
+    path = directory / DB_NAME
+    for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+        if (directory / name).exists():
+            os.chmod(directory / name, _PRIVATE_FILE)  # made by a gateway before this rule
+    # Created with its mode from the start: never readable by others, not even briefly.
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, _PRIVATE_FILE))
+    return path
+
+
 class EmbeddedStore:
     backend = "embedded"
 
     def __init__(self, data_dir: Path | None = None, *, lease_ttl_ms: float = LEASE_TTL_MS) -> None:
-        self.path = (data_dir or default_data_dir()) / "gateway.db"
+        self.path = (data_dir or default_data_dir()) / DB_NAME
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
         self._db: sqlite3.Connection | None = None
         self._limiter = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, tuple[str, KeyRecord]] = {}
+        # The admin API's writes, one at a time: read-modify-write is then atomic.
+        self._key_writes = asyncio.Lock()
         self._pending = UsageTable()
         self._last_used: dict[str, datetime] = {}
         self._last_used_dirty: set[str] = set()
@@ -90,7 +122,7 @@ class EmbeddedStore:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     def _open(self) -> list[tuple[str, str]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(self.path.parent)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -182,6 +214,36 @@ class EmbeddedStore:
         await self._run(write)
         self._by_hash[digest] = stored
         self._by_id[record.id] = (digest, stored)
+
+    def _name_holder(self, name: str, key_id: str) -> str | None:
+        # A scan, not an index: only the admin API asks, and it is not the hot path.
+        for _, record in self._by_id.values():
+            if record.name == name and record.id != key_id:
+                return record.id
+        return None
+
+    async def create_key(self, record: KeyRecord, digest: str) -> None:
+        async with self._key_writes:
+            holder = self._name_holder(record.name, record.id)
+            if holder is not None:
+                raise KeyNameTaken(record.name, holder)
+            await self.put_key(record, digest)
+
+    async def update_key(
+        self, key_id: str, change: Callable[[KeyRecord], KeyRecord]
+    ) -> KeyRecord | None:
+        async with self._key_writes:
+            current = await self.get_key(key_id)
+            if current is None:
+                return None
+            updated = change(current)
+            if updated.name != current.name:
+                holder = self._name_holder(updated.name, key_id)
+                if holder is not None:
+                    raise KeyNameTaken(updated.name, holder)
+            if updated != current:
+                await self.put_key(updated)
+            return updated
 
     # ------------------------------------------------------------ limits
 

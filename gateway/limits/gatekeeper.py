@@ -2,9 +2,12 @@
 
 Backend-agnostic: it holds a ``Store`` and the config's static keys. Keys are
 cached in-process for at most ``KEY_CACHE_SECONDS`` (a PATCH or DELETE on
-another instance is seen within that; on this one at once). Leases of
-requests in flight are renewed every ``LEASE_RENEW_SECONDS`` by one task, not
-a timer per request.
+another instance is seen within that; on this one at once). While the store is
+down (``fail_mode: open``) a cached record is trusted for at most
+``server.stale_key_seconds`` after the store last confirmed it, so a key
+revoked elsewhere meanwhile stops working within that bound. Leases of
+requests in flight are renewed every third of ``server.lease_ttl_seconds`` by
+one task, not a timer per request.
 """
 
 from __future__ import annotations
@@ -12,13 +15,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 from gateway.config import Limits, Settings
 from gateway.errors import GatewayError, InvalidAPIKey, StoreUnavailable
 from gateway.ids import new_id
-from gateway.limits.base import LEASE_RENEW_SECONDS, Admission, Grant, Store, UsageEvent
-from gateway.limits.keys import KeyRecord, hash_key, new_record, record_from_config, utcnow
+from gateway.limits.base import Admission, Grant, Store, UsageEvent, lease_renew_seconds
+from gateway.limits.keys import (
+    KeyNameTaken,
+    KeyRecord,
+    hash_key,
+    new_record,
+    record_from_config,
+    utcnow,
+)
+from gateway.limits.logins import FailedLogins
 
 log = logging.getLogger("gateway.limits")
 
@@ -38,9 +50,13 @@ class Gatekeeper:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.fail_open = settings.server.fail_mode == "open"
+        self._stale_after = settings.server.stale_key_seconds
+        self._renew_every = lease_renew_seconds(settings.server.lease_ttl_seconds * 1000)
         started = utcnow()
         self._config = dict(record_from_config(k, started) for k in settings.keys)
         self._config_by_id = {r.id: r for r in self._config.values()}
+        self._config_names = {r.name: r.id for r in self._config.values()}
+        self.admin_logins = FailedLogins()
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
         self._in_flight: dict[str, Grant] = {}
         self._renewer: asyncio.Task[None] | None = None
@@ -74,8 +90,14 @@ class Gatekeeper:
         try:
             record = await self.store.key_by_hash(digest)
         except StoreUnavailable:
-            # fail_mode open: known keys go on with what we last knew of them.
-            if self.fail_open and cached is not None and cached[1] is not None:
+            # fail_mode open: known keys go on with what we last knew of them, for a
+            # bounded time: a revocation on another instance must win in the end.
+            if (
+                self.fail_open
+                and cached is not None
+                and cached[1] is not None
+                and now - cached[0] < self._stale_after
+            ):
                 return cached[1]
             raise
         if len(self._cache) >= _CACHE_MAX:
@@ -99,7 +121,7 @@ class Gatekeeper:
 
     async def _renew_forever(self) -> None:
         while True:
-            await asyncio.sleep(LEASE_RENEW_SECONDS)
+            await asyncio.sleep(self._renew_every)
             if self._in_flight:
                 try:
                     await self.store.renew(list(self._in_flight.values()))
@@ -146,25 +168,36 @@ class Gatekeeper:
         expires_at: datetime | None,
         metadata: dict,
     ) -> tuple[str, KeyRecord]:
+        if name in self._config_names:
+            raise KeyNameTaken(name, self._config_names[name])
         secret, digest, record = new_record(
             name=name, models=models, limits=limits, expires_at=expires_at, metadata=metadata
         )
-        await self.store.put_key(record, digest)
+        await self.store.create_key(record, digest)
         return secret, record
 
-    async def update_key(self, key_id: str, changes: dict) -> KeyRecord:
+    async def update_key(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        """``change`` applied to the key as stored, atomically (it may run more than once)."""
         if key_id in self._config_by_id:
             raise ConfigKeyReadOnly("Keys from the config file are changed in the config file.")
-        record = await self.get_key(key_id)
-        updated = record.model_copy(update=changes)
-        await self.store.put_key(updated)
+
+        def checked(record: KeyRecord) -> KeyRecord:
+            updated = change(record)
+            if updated.name != record.name and updated.name in self._config_names:
+                raise KeyNameTaken(updated.name, self._config_names[updated.name])
+            return updated
+
+        updated = await self.store.update_key(key_id, checked)
+        if updated is None:
+            raise KeyNotFound(f"No key with id {key_id!r}.", param="id")
         self._forget()
         return updated
 
     async def revoke_key(self, key_id: str) -> None:
         if key_id in self._config_by_id:
             raise ConfigKeyReadOnly("Keys from the config file are removed from the config file.")
-        record = await self.get_key(key_id)
-        if record.revoked_at is None:
-            await self.store.put_key(record.model_copy(update={"revoked_at": utcnow()}))
-        self._forget()
+        await self.update_key(key_id, _revoked)
+
+
+def _revoked(record: KeyRecord) -> KeyRecord:
+    return record if record.revoked_at else record.model_copy(update={"revoked_at": utcnow()})

@@ -15,7 +15,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from gateway.config import KeyConfig, Limits
-from gateway.errors import InvalidAPIKey, ModelNotAllowed
+from gateway.errors import GatewayError, InvalidAPIKey, ModelNotAllowed
+
+
+class KeyNameTaken(GatewayError):
+    """Names are unique among keys, as in the config file (revoked keys keep theirs)."""
+
+    status, type, code = 409, "invalid_request_error", "key_name_taken"
+
+    def __init__(self, name: str, holder: str | None = None) -> None:
+        by = f" ({holder})" if holder else ""
+        super().__init__(
+            f"A key named {name!r} already exists{by}; key names are unique.", param="name"
+        )
 
 
 def hash_key(secret: str) -> str:

@@ -2,9 +2,11 @@
 
 The embedded store's limiter, and the Redis store's stand-in while Redis is
 unreachable (``fail_mode: open``). ``admit`` never awaits, so on one event loop
-it is atomic without a lock. Same windows as the Lua scripts: rpm is an exact
-sliding minute, tpm a sliding minute of one-second buckets, leases expire
-``LEASE_TTL_MS`` after their last renewal.
+it is atomic without a lock. Same windows and the same budget bookkeeping as
+the Lua scripts: rpm is an exact sliding minute, tpm a sliding minute of
+one-second buckets, leases expire ``lease_ttl_ms`` after their last renewal,
+and a budget reservation is held by its request's lease, so it ends when the
+request settles or its lease expires, whichever comes first.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from collections import deque
 from collections.abc import Callable
 
 from gateway.limits.base import (
+    IN_FLIGHT_RETRY_MS,
     LEASE_TTL_MS,
     REFUSED_BUDGET,
+    REFUSED_BUDGET_HELD,
     REFUSED_PARALLEL,
     REFUSED_RPM,
     REFUSED_TOO_LARGE,
@@ -43,8 +47,11 @@ class LocalLimiter:
         self._lease_ttl = lease_ttl_ms
         self._requests: dict[str, deque[float]] = {}
         self._tokens: dict[str, dict[int, int]] = {}
-        self._leases: dict[str, dict[str, float]] = {}
-        self._spend: dict[tuple[str, str], float] = {}
+        self._leases: dict[str, dict[str, float]] = {}  # key -> ticket -> expiry
+        self._spend: dict[tuple[str, str], float] = {}  # (key, period) -> settled USD
+        # Budget reservations: key -> ticket -> (period, USD), and their sum per period.
+        self._reserved: dict[str, dict[str, tuple[str, float]]] = {}
+        self._held: dict[str, dict[str, float]] = {}
 
     def seed_spend(self, key_id: str, period: str, amount: float) -> None:
         self._spend[(key_id, period)] = amount
@@ -55,6 +62,33 @@ class LocalLimiter:
             return 0
         now = self._clock()
         return sum(1 for expiry in leases.values() if expiry > now)
+
+    def held(self, key_id: str, period: str) -> float:
+        """USD reserved in ``period`` by the key's requests in flight."""
+        return self._held.get(key_id, {}).get(period, 0.0)
+
+    def _live_leases(self, kid: str, now: float) -> dict[str, float]:
+        """The key's leases, the expired ones dropped with their reservations."""
+        leases = self._leases.setdefault(kid, {})
+        expired = [ticket for ticket, expiry in leases.items() if expiry <= now]
+        for ticket in expired:
+            del leases[ticket]
+            self._give_back(kid, ticket)
+        return leases
+
+    def _give_back(self, kid: str, ticket: str) -> None:
+        """End the budget reservation taken under ``ticket``, if there is one (idempotent)."""
+        reserved = self._reserved.get(kid)
+        if not reserved or ticket not in reserved:
+            return
+        period, cost = reserved.pop(ticket)
+        if not reserved:
+            # Nothing in flight: the sums are exactly zero, not what float rounding left.
+            del self._reserved[kid]
+            self._held.pop(kid, None)
+            return
+        held = self._held[kid]
+        held[period] = max(0.0, held.get(period, 0.0) - cost)
 
     def admit(self, admission: Admission) -> Grant:
         now = self._clock()
@@ -97,18 +131,20 @@ class LocalLimiter:
                         break
             tokens_reset = ((min(buckets) if buckets else second) + 60) * 1000 - now
 
-        if limits.max_parallel and not refused:
-            leases = self._leases.setdefault(kid, {})
-            for rid in [r for r, expiry in leases.items() if expiry <= now]:
-                del leases[rid]
-            if len(leases) >= limits.max_parallel:
-                refused, retry_ms = REFUSED_PARALLEL, 1000.0
-
         period = budget_period(limits)
+        # A lease counts the request for max_parallel and carries its budget reservation.
+        leased = bool(limits.max_parallel) or (bool(period) and admission.cost > 0)
+        if (limits.max_parallel or period) and not refused:
+            leases = self._live_leases(kid, now)
+            if limits.max_parallel and len(leases) >= limits.max_parallel:
+                refused, retry_ms = REFUSED_PARALLEL, IN_FLIGHT_RETRY_MS
+
         if period and not refused:
             spent = self._spend.get((kid, period), 0.0)
-            if spent >= limits.budget_usd or spent + admission.cost > limits.budget_usd:
+            if spent >= limits.budget_usd:
                 refused = REFUSED_BUDGET
+            elif spent + self.held(kid, period) >= limits.budget_usd:
+                refused, retry_ms = REFUSED_BUDGET_HELD, IN_FLIGHT_RETRY_MS
 
         if refused:
             headers = rate_headers(
@@ -120,7 +156,8 @@ class LocalLimiter:
             )
             raise refusal(refused, limits, admission, retry_ms, headers)
 
-        grant = Grant(key_id=kid, request_id=admission.request_id)
+        ticket = admission.request_id
+        grant = Grant(key_id=kid, request_id=ticket)
         if limits.rpm:
             self._requests[kid].append(now)
             used_requests += 1
@@ -129,12 +166,16 @@ class LocalLimiter:
             buckets[second] = buckets.get(second, 0) + admission.tokens
             grant.tokens, grant.bucket = admission.tokens, second
             used_tokens += admission.tokens
-        if limits.max_parallel:
-            self._leases[kid][admission.request_id] = now + self._lease_ttl
+        if leased:
+            self._leases[kid][ticket] = now + self._lease_ttl
             grant.lease = True
         if period:
-            self._spend[(kid, period)] = self._spend.get((kid, period), 0.0) + admission.cost
-            grant.cost, grant.period = admission.cost, period
+            grant.period = period
+            if admission.cost > 0:
+                self._reserved.setdefault(kid, {})[ticket] = (period, admission.cost)
+                held = self._held.setdefault(kid, {})
+                held[period] = held.get(period, 0.0) + admission.cost
+                grant.cost = admission.cost
         grant.headers = rate_headers(
             limits,
             requests_used=used_requests,
@@ -153,10 +194,11 @@ class LocalLimiter:
             if buckets is not None and grant.bucket in buckets:
                 actual = usage.input_tokens + usage.output_tokens
                 buckets[grant.bucket] = max(0, buckets[grant.bucket] + actual - grant.tokens)
-        spend = self._spend
-        if grant.period:  # the reservation is replaced by what the request cost
-            spend[(kid, grant.period)] = max(0.0, spend.get((kid, grant.period), 0.0) - grant.cost)
+        # The reservation is replaced by what the request cost: given back by its ticket,
+        # so what admit took comes back exactly, and once however often this runs.
+        self._give_back(kid, grant.request_id)
         if usage.cost:
+            spend = self._spend
             for period in spend_periods():
                 spend[(kid, period)] = spend.get((kid, period), 0.0) + usage.cost
 

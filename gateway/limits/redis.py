@@ -1,7 +1,7 @@
 """The Redis store: keys, limits and usage shared by every worker and instance.
 
-Limits are checked by one Lua script per request (``admit_v2``) and settled by
-one more (``settle_v2``), both on Redis's clock. Every key a script touches
+Limits are checked by one Lua script per request (``admit_v3``) and settled by
+one more (``settle_v3``), both on Redis's clock. Every key a script touches
 carries the gateway key's hash tag (``gw:{key_...}:rpm``), so each call lands
 on one slot of a Redis Cluster.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import resources
 
@@ -33,6 +34,7 @@ from gateway.limits.base import (
 )
 from gateway.limits.keys import KeyRecord
 from gateway.limits.local import LocalLimiter
+from gateway.limits.redis_keys import KeyWrites, record_from_redis
 from gateway.limits.resp import RedisConnection, RedisDown, ReplyError, Script
 from gateway.limits.usage import COUNTERS, usage_doc
 from gateway.schemas.admin import UsageDoc
@@ -84,6 +86,10 @@ class KeySpace:
     def by_hash(self, digest: str) -> str:
         return f"{self.prefix}hash:{digest}"
 
+    def name(self, name: str) -> str:
+        """The claim on a key name (its own slot: names and keys are many-to-one)."""
+        return f"{self.prefix}name:{name}"
+
     @property
     def index(self) -> str:
         return f"{self.prefix}keys"
@@ -103,9 +109,10 @@ class RedisStore:
         self._redis = RedisConnection(url, timeout=TIMEOUT_SECONDS)
         self.keys = KeySpace(prefix)
         self.fail_open = fail_open
-        self._admit = _script("admit_v2.lua")
-        self._settle = _script("settle_v2.lua")
+        self._admit = _script("admit_v3.lua")
+        self._settle = _script("settle_v3.lua")
         self._renew = _script("renew_v1.lua")
+        self._writes = KeyWrites(self)
         self._lease_ttl = lease_ttl_ms
         self._local = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
         # Settles Redis could not take, with their grants: written back, they still
@@ -138,6 +145,7 @@ class RedisStore:
     async def start(self) -> None:
         try:
             await self._redis.execute("PING")
+            await self._writes.claim_existing_names()
         except _DOWN as exc:
             self._went_down(exc)
 
@@ -236,13 +244,7 @@ class RedisStore:
         raw, last_used = await self._call(
             "HMGET", self.keys.tagged(key_id, "meta"), "record", "last_used_at"
         )
-        if raw is None:
-            return None
-        record = KeyRecord.model_validate_json(raw)
-        if last_used:
-            moment = datetime.fromtimestamp(int(last_used), UTC)
-            record = record.model_copy(update={"last_used_at": moment})
-        return record
+        return None if raw is None else record_from_redis(raw, last_used)
 
     async def last_used(self, key_id: str) -> datetime | None:
         try:
@@ -273,6 +275,31 @@ class RedisStore:
             await self._call(
                 "ZADD", self.keys.index, "NX", record.created_at.timestamp(), record.id
             )
+
+    # The admin API's writes: gateway/limits/redis_keys.py.
+
+    async def create_key(self, record: KeyRecord, digest: str) -> None:
+        await self._writes.create(record, digest)
+
+    async def update_key(
+        self, key_id: str, change: Callable[[KeyRecord], KeyRecord]
+    ) -> KeyRecord | None:
+        return await self._writes.update(key_id, change)
+
+    async def _eval(self, script: Script, keys: list[str], args: list[object]) -> object:
+        """A script, with loss of Redis noticed as in ``_call``."""
+        if self.degraded:
+            raise self._unavailable()
+        try:
+            return await self._redis.evalsha(script, keys, args)
+        except _DOWN as exc:
+            self._went_down(exc)
+            raise self._unavailable() from exc
+        except ReplyError as exc:
+            if not str(exc).startswith(_NOT_SERVING):
+                raise
+            self._went_down(exc)
+            raise self._unavailable() from exc
 
     # ------------------------------------------------------------ limits
 
@@ -318,10 +345,13 @@ class RedisStore:
         grant = Grant(key_id=admission.key.id, request_id=admission.request_id, headers=headers)
         if limits.tpm:
             grant.tokens, grant.bucket = admission.tokens, bucket
-        if limits.max_parallel:
+        # As admit_v3 decides: a lease for max_parallel, or for a reservation to ride on.
+        if limits.max_parallel or (period and admission.cost > 0):
             grant.lease = True
         if period:
-            grant.cost, grant.period = admission.cost, period
+            grant.period = period
+            if admission.cost > 0:
+                grant.cost = admission.cost
         return grant
 
     def _admit_locally(self, admission: Admission) -> Grant:

@@ -1,9 +1,17 @@
-"""Log setup and the access log: one line per request, never a secret or a prompt."""
+"""Log setup and the access log: one line per request, never a secret or a prompt.
+
+What a client sent (a path, a key's name) can hold a newline, an ANSI escape
+or ``x=y``: written as it is, it would forge a log line or a field. So every
+field of the access line goes through ``escape``, and every ``gateway`` log
+record through ``SafeFormatter``: in what they write, each line that starts
+at the left margin is one record, and each ``name=value`` is one field.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -13,10 +21,62 @@ access_log = logging.getLogger("gateway.access")
 
 _FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
+# Anything but printable ASCII other than space, "=" and "\\": only a value holding
+# one of these takes the slow path. One regex search, a fraction of a microsecond.
+_UNSAFE = re.compile(r"[^\x21-\x3c\x3e-\x5b\x5d-\x7e]").search
+
+
+def _escape_char(char: str) -> str:
+    if char.isprintable() and char not in " =\\":
+        return char  # printable non-ASCII (a name in another script) stays readable
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def escape(value: str) -> str:
+    """``value`` as one field of a log line: control characters (C0, DEL, C1 and
+    the rest of Unicode's unprintable ones), space, ``=`` and backslash as
+    ``\\xNN`` / ``\\uNNNN`` escapes, so no value can end the line or fake a field."""
+    if _UNSAFE(value) is None:
+        return value
+    return "".join(map(_escape_char, value))
+
+
+# Control characters other than the newline, which a traceback needs; with Unicode's
+# line separators and the bidirectional overrides that reorder what a terminal shows.
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _escape_control(text: str) -> str:
+    return _CONTROL.sub(lambda m: _escape_char(m.group()), text)
+
+
+class SafeFormatter(logging.Formatter):
+    """A record is one line, whatever its arguments hold; a traceback follows it
+    indented, so no line of it can pass for a record of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        if text.isascii() and text.isprintable():
+            return text
+        return _escape_control(text).replace("\n", "\\x0a")
+
+    def formatException(self, ei) -> str:  # type: ignore[no-untyped-def]
+        return _indent(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indent(super().formatStack(stack_info))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in _escape_control(text).split("\n"))
+
 
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(SafeFormatter(_FORMAT))
     root = logging.getLogger("gateway")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -38,21 +98,49 @@ class AccessRecord:
     input_tokens: int | None = None
     output_tokens: int | None = None
     outcome: str | None = None  # for streams: done | error | client_disconnect
+    # Why an upstream call failed (errors.Reason), and the status it answered with.
+    reason: str | None = None
+    upstream_status: int | None = None
     # The admitted key's rate-limit headers, which every answer after admission carries.
     headers: dict[str, str] | None = None
 
     def line(self, latency_ms: float) -> str:
+        """The record as ``name=value`` fields, every text value escaped (``escape``).
+
+        ``outcome`` and ``reason`` come from fixed vocabularies of the gateway's own
+        and the numbers are numbers; the rest may hold what a client or an operator
+        wrote. One search over all of that decides whether anything needs escaping.
+        """
+        request_id, method, path = self.request_id, self.method, self.path
+        key, model, served_by = self.key, self.model, self.served_by
+        if _UNSAFE(f"{request_id}{method}{path}{key or ''}{model or ''}{served_by or ''}"):
+            request_id, method, path = escape(request_id), escape(method), escape(path)
+            key = None if key is None else escape(key)
+            model = None if model is None else escape(model)
+            served_by = None if served_by is None else escape(served_by)
         parts = [
-            f"request_id={self.request_id}",
-            f"method={self.method}",
-            f"path={self.path}",
+            f"request_id={request_id}",
+            f"method={method}",
+            f"path={path}",
             f"status={self.status}",
             f"latency_ms={latency_ms:.1f}",
         ]
-        for name in ("key", "model", "served_by", "outcome", "input_tokens", "output_tokens"):
-            value = getattr(self, name)
-            if value is not None:
-                parts.append(f"{name}={value}")
+        if key is not None:
+            parts.append(f"key={key}")
+        if model is not None:
+            parts.append(f"model={model}")
+        if served_by is not None:
+            parts.append(f"served_by={served_by}")
+        if self.outcome is not None:
+            parts.append(f"outcome={self.outcome}")
+        if self.reason is not None:
+            parts.append(f"reason={self.reason}")
+        if self.upstream_status is not None:
+            parts.append(f"upstream_status={self.upstream_status}")
+        if self.input_tokens is not None:
+            parts.append(f"input_tokens={self.input_tokens}")
+        if self.output_tokens is not None:
+            parts.append(f"output_tokens={self.output_tokens}")
         if self.ttft_ms is not None:
             parts.append(f"ttft_ms={self.ttft_ms:.1f}")
         return " ".join(parts)

@@ -9,23 +9,12 @@ It imports nothing of FastAPI and no vendor SDK.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import httpx
-from pydantic import ValidationError
-
 from gateway.config import Deployment, ProviderConfig, Timeouts
-from gateway.errors import (
-    GatewayError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    upstream_status_error,
-)
 from gateway.schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -38,8 +27,6 @@ __all__ = [
     "CallContext",
     "ChunkStream",
     "Provider",
-    "error_from_response",
-    "raise_transport_error",
 ]
 
 
@@ -89,68 +76,3 @@ class ProviderFactory(Protocol):
     needs_http: bool
 
     def __call__(self, name: str, config: ProviderConfig, upstream: object) -> Provider: ...
-
-
-def raise_transport_error(exc: Exception) -> None:
-    """Re-raise an httpx/timeout failure of the upstream call as a GatewayError."""
-    if isinstance(exc, GatewayError):
-        raise exc
-    if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        raise UpstreamTimeout("the upstream did not answer in time") from exc
-    if isinstance(exc, httpx.TransportError):
-        raise UpstreamUnavailable(f"could not reach the upstream: {type(exc).__name__}") from exc
-    raise exc
-
-
-def redact(text: str, secret: str | None) -> str:
-    if secret and secret in text:
-        text = text.replace(secret, "[redacted]")
-    return text
-
-
-def error_from_response(
-    status: int, body: bytes, headers: httpx.Headers, secret: str | None
-) -> UpstreamError:
-    """An OpenAI-style error answer -> the gateway error for it."""
-    message, error_type, code, param = "", None, None, None
-    try:
-        error = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        error = None
-    if isinstance(error, dict):
-        message = str(error.get("message") or "")
-        error_type = error.get("type") if isinstance(error.get("type"), str) else None
-        code = error.get("code") if isinstance(error.get("code"), str) else None
-        param = error.get("param") if isinstance(error.get("param"), str) else None
-    elif isinstance(error, str):
-        message = error
-    if not message:
-        message = body[:200].decode("utf-8", "replace").strip() or f"HTTP {status}"
-    return upstream_status_error(
-        status,
-        redact(message, secret),
-        error_type=error_type,
-        code=code,
-        param=param,
-        retry_after=parse_retry_after(headers),
-    )
-
-
-def parse_retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return float(value) / 1000
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
-
-
-def malformed(exc: ValidationError | ValueError) -> UpstreamUnavailable:
-    return UpstreamUnavailable(f"the upstream sent a malformed answer ({type(exc).__name__})")

@@ -2,7 +2,7 @@
 
 The answer's text is derived from the prompt (the same prompt always gets the
 same words), usage is reported, and a request scripts timing and faults with
-a ``mock`` body field (DESIGN §4)::
+a ``mock`` body field (docs/configuration.md, "The mock provider")::
 
     "mock": {"status": 500, "ttft_ms": 200, "tokens_per_s": 50, "chunks": 20,
              "cut_after": 3, "malformed_after": 3, "delay_ms": 0}
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.config import ProviderConfig
 from gateway.errors import (
     InvalidRequest,
+    Reason,
     UpstreamUnavailable,
     format_loc,
     upstream_status_error,
@@ -92,20 +93,32 @@ _WORDS = [
 ]
 
 
+# Bounds of the script's knobs: a request may make the mock slow or long, not hold a
+# connection or the loop for days (a value past one is a 400 naming the field).
+MAX_WAIT_MS = 600_000  # ten minutes, for delay_ms and ttft_ms
+MAX_CHUNKS = 100_000
+MIN_TOKENS_PER_S = 0.1
+MAX_TOKENS_PER_S = 1_000_000
+MAX_RETRY_AFTER_S = 3600
+MAX_MESSAGE = 4096
+
+
 class MockScript(BaseModel):
     """Timing and faults for one mock request."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinity and NaN (JSON's ``Infinity``, or ``1e400``) are refused like any other
+    # out-of-range value rather than reaching a sleep or a Retry-After header.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     status: int | None = Field(default=None, ge=400, le=599)
-    message: str | None = None
-    retry_after: float | None = Field(default=None, ge=0)
-    delay_ms: float = Field(default=0, ge=0)
-    ttft_ms: float = Field(default=0, ge=0)
-    tokens_per_s: float | None = Field(default=None, gt=0)
-    chunks: int | None = Field(default=None, ge=1, le=100_000)
-    cut_after: int | None = Field(default=None, ge=0)
-    malformed_after: int | None = Field(default=None, ge=0)
+    message: str | None = Field(default=None, max_length=MAX_MESSAGE)
+    retry_after: float | None = Field(default=None, ge=0, le=MAX_RETRY_AFTER_S)
+    delay_ms: float = Field(default=0, ge=0, le=MAX_WAIT_MS)
+    ttft_ms: float = Field(default=0, ge=0, le=MAX_WAIT_MS)
+    tokens_per_s: float | None = Field(default=None, ge=MIN_TOKENS_PER_S, le=MAX_TOKENS_PER_S)
+    chunks: int | None = Field(default=None, ge=1, le=MAX_CHUNKS)
+    cut_after: int | None = Field(default=None, ge=0, le=MAX_CHUNKS + 2)
+    malformed_after: int | None = Field(default=None, ge=0, le=MAX_CHUNKS + 2)
 
     @classmethod
     def from_request(cls, request: BaseModel) -> MockScript:
@@ -113,11 +126,21 @@ class MockScript(BaseModel):
         if raw is None:
             return _NO_SCRIPT
         try:
-            return cls.model_validate(raw)
+            script = cls.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = format_loc(("mock", *first["loc"]))
             raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
+        # Each knob is bounded; so is what they make together (100,000 chunks at 0.1/s
+        # would be eleven days).
+        seconds = script.delay_ms / 1000 + script.pause(script.chunks or DEFAULT_TOKENS)
+        if seconds > MAX_WAIT_MS / 1000:
+            raise InvalidRequest(
+                f"mock: the scripted answer would take {seconds:,.0f} s; "
+                f"a script may take at most {MAX_WAIT_MS // 1000} s",
+                param="mock",
+            )
+        return script
 
     @property
     def interval(self) -> float:
@@ -284,7 +307,9 @@ class MockProvider:
         await self._before(script)
         answer = build_completion(request, script, ctx.deployment.model)
         if script.breaks(answer.usage.completion_tokens):
-            raise UpstreamUnavailable("the upstream sent a malformed answer (mock fault)")
+            raise UpstreamUnavailable(
+                "the upstream sent a malformed answer (mock fault)", reason=Reason.MALFORMED
+            )
         pause = script.pause(answer.usage.completion_tokens)
         if pause:
             await asyncio.sleep(pause)
@@ -318,8 +343,14 @@ async def _faulty(
         i = 0
         async for chunk in chunks:
             if i == cut:
-                kind = "ended early" if cut == script.cut_after else "sent a malformed chunk"
-                raise UpstreamUnavailable(f"the upstream stream {kind} (mock fault)")
+                if cut == script.cut_after:
+                    raise UpstreamUnavailable(
+                        "the upstream closed the connection mid-answer (mock fault)",
+                        reason=Reason.STREAM_CUT,
+                    )
+                raise UpstreamUnavailable(
+                    "the upstream sent a malformed chunk (mock fault)", reason=Reason.MALFORMED
+                )
             i += 1
             yield chunk
     finally:

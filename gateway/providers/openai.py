@@ -16,13 +16,10 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
 from gateway.config import ProviderConfig
-from gateway.errors import UpstreamError, UpstreamUnavailable
-from gateway.providers.base import (
-    CallContext,
-    error_from_response,
-    malformed,
-    raise_transport_error,
-)
+from gateway.errors import Reason, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.providers.base import CallContext
+from gateway.providers.failures import error_from_response, malformed, raise_transport_error
+from gateway.providers.redact import Redactor
 from gateway.providers.sse import SSEEvent, SSEStream
 from gateway.schemas.openai import (
     ChatCompletion,
@@ -48,6 +45,11 @@ class OpenAIProvider:
         self._chat_url = httpx.URL(f"{base}/chat/completions")
         self._embed_url = httpx.URL(f"{base}/embeddings")
         self._secret = config.api_key.get_secret_value() if config.api_key else None
+        # Every configured header may carry a credential (an org id, a proxy's key):
+        # all of them are kept out of what the upstream's errors relay.
+        self._redactor = Redactor([self._secret, *config.headers.values()])
+        # How a 404 names the call, without the host (nor any credential in its URL).
+        self._routes = {url: f"POST {url.path}" for url in (self._chat_url, self._embed_url)}
         headers = {
             "content-type": "application/json",
             "accept-encoding": "identity",
@@ -97,6 +99,15 @@ class OpenAIProvider:
             payload["stream_options"] = {**options, "include_usage": True}
         return to_json(payload)
 
+    def _error(self, url: httpx.URL, response: httpx.Response, body: bytes) -> UpstreamError:
+        return error_from_response(
+            response.status_code,
+            body,
+            response.headers,
+            self._redactor,
+            route=self._routes.get(url),
+        )
+
     async def _call(self, url: httpx.URL, body: bytes, ctx: CallContext) -> bytes:
         """A non-streaming call: the answer's body, or the error it maps to."""
         try:
@@ -106,10 +117,14 @@ class OpenAIProvider:
                     content = await read_body(response)
                 finally:
                     await response.aclose()
+        except TimeoutError:  # asyncio's: the whole call's deadline
+            raise UpstreamTimeout(
+                "the upstream did not answer in time", reason=Reason.TIMEOUT_TOTAL
+            ) from None
         except Exception as exc:
             raise_transport_error(exc)
         if response.status_code >= 400:
-            raise error_from_response(response.status_code, content, response.headers, self._secret)
+            raise self._error(url, response, content)
         return content
 
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> ChatCompletion:
@@ -139,10 +154,8 @@ class OpenAIProvider:
             raise_transport_error(exc)
         try:
             if response.status_code >= 400:
-                raise error_from_response(
-                    response.status_code, await _read_some(response), response.headers, self._secret
-                )
-            chunks = _Chunks(_raw_body(response), ctx, deadline, self._secret)
+                raise self._error(self._chat_url, response, await _read_some(response))
+            chunks = _Chunks(_raw_body(response), ctx, deadline)
             try:
                 yield chunks
             finally:
@@ -181,16 +194,13 @@ async def _read_some(response: httpx.Response) -> bytes:
 class _Chunks(SSEStream):
     """OpenAI stream events -> ``ChatCompletionChunk``s, ending at ``[DONE]``."""
 
-    __slots__ = ("_finished", "_secret")
+    __slots__ = ("_finished",)
 
-    def __init__(
-        self, raw: AsyncIterator[bytes], ctx: CallContext, deadline: float, secret: str | None
-    ) -> None:
+    def __init__(self, raw: AsyncIterator[bytes], ctx: CallContext, deadline: float) -> None:
         timeouts = ctx.timeouts
         super().__init__(
             raw, first_token=timeouts.first_token, idle=timeouts.idle, deadline=deadline
         )
-        self._secret = secret
         self._finished = False  # a choice has reported its finish_reason
 
     def translate(self, event: SSEEvent) -> ChatCompletionChunk:
@@ -210,11 +220,18 @@ class _Chunks(SSEStream):
 
     def ended(self) -> None:
         if not self._finished:  # some servers end without [DONE], but not midway
-            raise UpstreamUnavailable("the upstream stream ended before it was complete")
+            raise UpstreamUnavailable(
+                "the upstream stream ended before it was complete", reason=Reason.STREAM_CUT
+            )
 
     def _error_event(self, data: bytes) -> UpstreamError | None:
-        """An upstream that fails mid-stream sends ``{"error": {...}}`` as data."""
+        """An upstream that fails mid-stream sends ``{"error": {...}}`` as data.
+
+        Its text is not relayed: it came after a 200, so it is the upstream's own
+        failure (what a 5xx would say), not a verdict on the request.
+        """
         if b'"error"' not in data:
             return None
-        # 500: the error came after a 200 status line, so its real status is unknown.
-        return error_from_response(500, data, httpx.Headers(), self._secret)
+        return UpstreamUnavailable(
+            "the upstream reported an error mid-answer", reason=Reason.ERROR_EVENT
+        )

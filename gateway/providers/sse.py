@@ -13,8 +13,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import UpstreamTimeout
-from gateway.providers.base import raise_transport_error
+import httpx
+
+from gateway.errors import Reason, UpstreamTimeout, UpstreamUnavailable
+from gateway.providers.failures import transport_error
+
+_TIMEOUTS = {
+    Reason.TIMEOUT_FIRST_TOKEN: "the upstream timed out waiting for the first token",
+    Reason.TIMEOUT_IDLE: "the upstream sent nothing for longer than the idle timeout",
+    Reason.TIMEOUT_TOTAL: "the upstream took longer than the deployment's total timeout",
+}
 
 
 # Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__,
@@ -145,18 +153,16 @@ class SSEStream:
         self._reader = None
 
     def _expiry(self) -> tuple[float, str]:
+        """When the read in progress times out, and the ``Reason`` it then fails with."""
         limit = self._idle if self._started else self._first
+        phase = Reason.TIMEOUT_IDLE if self._started else Reason.TIMEOUT_FIRST_TOKEN
         expiry = self._read_started + limit
         if expiry > self._deadline:
             # Named for the total only when it binds clearly (``timeout: 30`` sets all
             # phases alike, and then the phase is the better name).
             tight = expiry - self._deadline > 0.05
-            return self._deadline, (
-                "the end of the deployment's total timeout"
-                if tight
-                else ("an idle gap" if self._started else "the first token")
-            )
-        return expiry, "an idle gap" if self._started else "the first token"
+            return self._deadline, Reason.TIMEOUT_TOTAL if tight else phase
+        return expiry, phase
 
     def _arm(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         if self._timer is not None:
@@ -176,6 +182,15 @@ class SSEStream:
         else:
             self._arm(loop, expiry)
 
+    def _failure(self, exc: Exception) -> Exception:
+        """A failed read of the body: the connection went mid-answer, or a timeout."""
+        if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+            return UpstreamUnavailable(
+                "the upstream closed the connection mid-answer", reason=Reason.STREAM_CUT
+            )
+        phase = Reason.TIMEOUT_IDLE if self._started else Reason.TIMEOUT_FIRST_TOKEN
+        return transport_error(exc, timeout=phase)
+
     async def __anext__(self) -> Any:
         if self._done:
             raise StopAsyncIteration
@@ -194,9 +209,7 @@ class SSEStream:
             loop = self._loop
             self._read_started = now = loop.time()
             if now >= self._deadline:
-                raise UpstreamTimeout(
-                    "the upstream took longer than the deployment's total timeout"
-                )
+                raise UpstreamTimeout(_TIMEOUTS[Reason.TIMEOUT_TOTAL], reason=Reason.TIMEOUT_TOTAL)
             expiry, _ = self._expiry()
             if self._timer is None or self._timer_at > expiry:
                 self._arm(loop, expiry)
@@ -208,7 +221,7 @@ class SSEStream:
                 if phase is None:
                     raise
                 self._reader.uncancel()  # our own timer, not the caller, cancelled it
-                raise UpstreamTimeout(f"the upstream timed out waiting for {phase}") from None
+                raise UpstreamTimeout(_TIMEOUTS[phase], reason=phase) from None
             except StopAsyncIteration:
                 self.close()
                 pending.extend(self._decoder.close())
@@ -218,8 +231,10 @@ class SSEStream:
                     raise
                 continue
             except Exception as exc:
-                raise_transport_error(exc)
-                raise
+                error = self._failure(exc)
+                if error is exc:
+                    raise
+                raise error from exc
             finally:
                 self._reader = None
             pending.extend(self._decoder.feed(data))

@@ -10,9 +10,16 @@ must see even when the gateway built the object itself.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError, ValidationError
 
 
 class _Open(BaseModel):
@@ -30,10 +37,29 @@ class _Always(_Open):
 
 # ---------------------------------------------------------------- requests
 
+# Bounds on what one request may carry. Parsing costs CPU and memory per JSON
+# value, so these, with the body limit (``server.max_body_bytes``), bound what a
+# request can cost before it is refused (docs/limits.md). 10,000 messages is far
+# past a long agent session (Azure OpenAI stops at 2,048, Anthropic at 100,000);
+# each upstream still applies its own limit. 2,048 inputs is OpenAI's own limit;
+# 16,384 dimensions is four times the largest common model's (4,096), and bounds
+# what the mock makes (it makes as many numbers as it is asked for).
+MAX_MESSAGES = 10_000
+MAX_EMBEDDING_INPUTS = 2_048
+MAX_EMBEDDING_DIMENSIONS = 16_384
+# A 32-bit count, as upstream APIs type it: what the reservation multiplies by a
+# price stays a float (a 400-digit max_tokens overflowed it: a 500).
+MAX_TOKENS = 2**31 - 1
+
+# Every list stops at its first bad item: pydantic otherwise reports every one,
+# and 8 MiB of bad items made millions of errors (seconds of CPU and gigabytes
+# of memory). A ``Field``, as ``FailFast()`` cannot sit inside a union (unhashable).
+_FAIL_FAST = Field(fail_fast=True)
+
 
 class ChatMessage(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | Annotated[list[dict[str, Any]], _FAIL_FAST] | None = None
 
 
 class StreamOptions(_Open):
@@ -42,19 +68,52 @@ class StreamOptions(_Open):
 
 class ChatCompletionRequest(_Open):
     model: str = Field(min_length=1)
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     n: int | None = Field(default=None, ge=1, le=128)
+
+
+def _one_input_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """``input`` refused with one error naming it, not one per branch of the union
+    (``input.str``, ``input.list[str]``, ...), and a long list before its items are
+    looked at. A list of token ids is one input, bounded by the body limit only."""
+    if (
+        isinstance(value, list)
+        and len(value) > MAX_EMBEDDING_INPUTS
+        and not isinstance(value[0], int)
+    ):
+        raise PydanticCustomError(
+            "too_long",
+            "List should have at most {max_length} items, not {actual_length}",
+            {"max_length": MAX_EMBEDDING_INPUTS, "actual_length": len(value)},
+        )
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError(
+            "embedding_input",
+            "expected a string, an array of strings, an array of token ids "
+            "or an array of arrays of token ids",
+        ) from None
+
+
+EmbeddingInput = Annotated[
+    str
+    | Annotated[list[str], _FAIL_FAST]
+    | Annotated[list[int], _FAIL_FAST]
+    | Annotated[list[Annotated[list[int], _FAIL_FAST]], _FAIL_FAST],
+    WrapValidator(_one_input_error),
+]
 
 
 class EmbeddingRequest(_Open):
     model: str = Field(min_length=1)
-    input: str | list[str] | list[int] | list[list[int]]
+    input: EmbeddingInput
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = Field(default=None, ge=1)
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
 
 
 # ---------------------------------------------------------------- answers

@@ -215,7 +215,7 @@ def test_nginx_config_is_set_up_for_streams() -> None:
         'proxy_set_header Connection ""',
         "chunked_transfer_encoding on",
         "gzip off",
-        "client_max_body_size 32m",
+        "client_max_body_size 8m",
         "keepalive 64",
         "access_log /dev/stdout gateway",
         "error_log stderr warn",

@@ -157,3 +157,33 @@ def test_errors_exit_non_zero_with_the_message(gateway: ServerProcess, tmp_path:
     unreachable = keys("--url", "http://127.0.0.1:9", "list")
     assert unreachable.returncode != 0
     assert "cannot reach" in unreachable.stderr
+
+
+@pytest.mark.parametrize("action", [["usage"], ["list"]])
+def test_a_reader_that_leaves_early_is_no_error(gateway: ServerProcess, action: list[str]) -> None:
+    """``gateway keys usage | head``: the pipe closes before the answer is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone already: every write is EPIPE
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_MASTER_KEY"] = MASTER
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "keys", "--url", gateway.url, *action],
+            cwd=ROOT,
+            env=env,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(write_end)
+    assert result.stderr == "", result.stderr
+    assert result.returncode == 1
+
+
+def test_metadata_that_is_not_json_is_refused_before_sending(gateway: ServerProcess) -> None:
+    result = keys("--url", gateway.url, "create", "--name", "meta", "--metadata", "{team: qa}")
+    assert result.returncode == 2
+    assert "--metadata is not valid JSON" in result.stderr
+    assert "Traceback" not in result.stderr

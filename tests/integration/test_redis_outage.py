@@ -1,4 +1,5 @@
-"""Redis going away and coming back, under real gateways (DESIGN §7, "Store down").
+"""Redis going away and coming back, under real gateways (docs/limits.md, "When the store
+is down").
 
 This module runs its own ``redis-server`` on a free loopback port, so it can
 kill it mid-run and start it again, empty, on the same port. One gateway runs
@@ -64,12 +65,12 @@ def prefix(store: RedisServer) -> Iterator[str]:
 
 
 def _gateway(
-    directory: Any, store: RedisServer, prefix: str, fail_mode: str, keys: list[dict]
+    directory: Any, redis_url: str, prefix: str, fail_mode: str, keys: list[dict]
 ) -> ServerProcess:
     config = standard_config("http://127.0.0.1:9", redis_prefix=prefix, fail_mode=fail_mode)
     config["keys"] += keys
     path = write_config(directory, config)
-    env = {"REDIS_URL": store.url, "GATEWAY_MASTER_KEY": MASTER}
+    env = {"REDIS_URL": redis_url, "GATEWAY_MASTER_KEY": MASTER}
     return ServerProcess(["serve", "--config", str(path)], env=env)
 
 
@@ -82,7 +83,7 @@ def gateways(
         started.append(
             _gateway(
                 tmp_path_factory.mktemp("open"),
-                store,
+                store.url,
                 prefix,
                 "open",
                 [
@@ -95,7 +96,7 @@ def gateways(
         started.append(
             _gateway(
                 tmp_path_factory.mktemp("closed"),
-                store,
+                store.url,
                 prefix + "closed:",
                 "closed",
                 [{"name": "closed", "key": K_CLOSED, "limits": {"rpm": 1000}}],
@@ -180,7 +181,7 @@ async def test_outage_and_recovery(
         killed_at = time.monotonic()
         try:
             # The open gateway notices (traffic hits the dead store) and says so.
-            await _wait_ready_status(client, open_gw, "degraded", within=2)
+            await _wait_ready_status(client, open_gw, "degraded", within=5)
             r = await _ready(client, open_gw)
             assert r.status_code == 200
 
@@ -230,8 +231,8 @@ async def test_outage_and_recovery(
         store.start()
         restarted_at = time.monotonic()
         assert restarted_at - killed_at < 10
-        await _wait_ready_status(client, open_gw, "ready", within=3)
-        await _wait_ready_status(client, closed_gw, "ready", within=3)
+        await _wait_ready_status(client, open_gw, "ready", within=5)
+        await _wait_ready_status(client, closed_gw, "ready", within=5)
         r = await _ready(client, closed_gw)
         assert r.status_code == 200
 
@@ -266,69 +267,21 @@ async def test_outage_and_recovery(
 
 
 async def test_ready_notices_an_outage_without_traffic(tmp_path: Any) -> None:
-    """/ready means "store reachable" (DESIGN §5): a load balancer polls it on an idle
+    """/ready means "store reachable" (docs/operations.md): a load balancer polls it on an idle
     instance too, and must take a closed-mode gateway out while Redis is gone."""
     own = RedisServer(tmp_path).start()
     gateway: ServerProcess | None = None
     try:
-        gateway = _gateway(tmp_path, own, f"gwtest-{uuid.uuid4().hex[:8]}:", "closed", [])
+        gateway = _gateway(tmp_path, own.url, f"gwtest-{uuid.uuid4().hex[:8]}:", "closed", [])
         gateway.wait_ready()
         async with httpx.AsyncClient(timeout=TIMEOUT) as client:
             assert (await _ready(client, gateway)).json()["status"] == "ready"
             own.kill()
             # No model request is sent: only the probe itself can notice.
-            await _wait_ready_status(client, gateway, "unavailable", within=2)
+            await _wait_ready_status(client, gateway, "unavailable", within=5)
             assert (await _ready(client, gateway)).status_code == 503
             own.start()
-            await _wait_ready_status(client, gateway, "ready", within=3)
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        own.kill()
-
-
-async def test_a_stall_after_admission_delays_the_bookkeeping_not_the_answer(
-    tmp_path: Any,
-) -> None:
-    """The answer goes out before its settle: a store that stalls between admit and
-    settle costs the client nothing, and the settle still lands when it answers."""
-    own = RedisServer(tmp_path).start()
-    gateway: ServerProcess | None = None
-    key = "sk-outage-settle-" + uuid.uuid4().hex
-    try:
-        gateway = _gateway(
-            tmp_path, own, f"gwtest-{uuid.uuid4().hex[:8]}:", "open", [{"name": "s", "key": key}]
-        )
-        gateway.wait_ready()
-        url = f"{gateway.url}/v1/chat/completions"
-        async with httpx.AsyncClient(timeout=TIMEOUT) as client:
-            warm = await client.post(url, json=chat(), headers=auth(key))
-            assert warm.status_code == 200, warm.text
-            # Admitted at once; the upstream then takes 600 ms, and Redis stalls meanwhile.
-            # Settling first would add the store's 250 ms timeout to the answer.
-            started = time.monotonic()
-            slow = {**chat(), "mock": {"delay_ms": 600}}
-            call = asyncio.create_task(client.post(url, json=slow, headers=auth(key)))
-            await asyncio.sleep(0.3)
-            own.pause()
-            try:
-                r = await call
-                took = time.monotonic() - started
-            finally:
-                own.resume()
-            assert r.status_code == 200, r.text
-            assert 0.6 <= took < 0.8, took
-            # Buffered while Redis stalled, written once it answers again: both calls count.
-            deadline = time.monotonic() + 3
-            while True:
-                usage = await client.get(
-                    f"{gateway.url}/admin/keys/{config_key_id(key)}/usage", headers=ADMIN
-                )
-                assert usage.status_code == 200, usage.text
-                if usage.json()["requests"] == 2 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-            assert usage.json()["requests"] == 2, usage.json()
+            await _wait_ready_status(client, gateway, "ready", within=5)
     finally:
         if gateway is not None:
             gateway.stop()

@@ -1,14 +1,15 @@
 """Stores for the limits tests: both backends behind one fixture, and private Redis servers.
 
 ``store`` runs a test against the embedded store and against Redis (the one on
-127.0.0.1:6379, under a prefix of its own that is deleted afterwards). A Redis
-that is not there fails the redis case: a skipped case would prove nothing.
+127.0.0.1:6379, under a prefix of its own that is deleted afterwards); ``stores``
+makes more of the same backend, e.g. with a short lease TTL. A Redis that is
+not there fails the redis case: a skipped case would prove nothing.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,35 +28,55 @@ async def _delete_prefix(client: aioredis.Redis, prefix: str) -> None:
         await client.delete(*names)
 
 
-@pytest.fixture(params=["embedded", "redis"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "embedded":
-        embedded = EmbeddedStore(tmp_path, lease_ttl_ms=LEASE_TTL_MS)
-        await embedded.start()
-        yield embedded
-        await embedded.aclose()
-        return
+StoreFactory = Callable[..., Awaitable[Store]]
 
-    admin = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+
+@pytest.fixture(params=["embedded", "redis"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
+    """Makes started stores of one backend (the test runs once per backend); ``lease_ttl_ms``
+    is the only choice. Each has data of its own, deleted or closed afterwards."""
+    made: list[Store] = []
+    prefixes: list[str] = []
+    admin: aioredis.Redis | None = None
+    if request.param == "redis":
+        admin = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            await admin.ping()
+        except (redis.RedisError, OSError) as exc:
+            await admin.aclose()
+            pytest.fail(
+                f"Redis is not reachable at {REDIS_URL} ({exc}); the redis backend cannot be "
+                'tested. Start it: redis-server --daemonize yes --port 6379 --save "" '
+                "--appendonly no",
+                pytrace=False,
+            )
+
+    async def make(*, lease_ttl_ms: int = LEASE_TTL_MS) -> Store:
+        store: Store
+        if request.param == "embedded":
+            store = EmbeddedStore(tmp_path / f"store-{len(made)}", lease_ttl_ms=lease_ttl_ms)
+        else:
+            prefixes.append(f"gwtest-{uuid.uuid4().hex}:")
+            store = RedisStore(REDIS_URL, prefix=prefixes[-1], lease_ttl_ms=lease_ttl_ms)
+        await store.start()
+        made.append(store)
+        return store
+
     try:
-        await admin.ping()
-    except (redis.RedisError, OSError) as exc:
-        await admin.aclose()
-        pytest.fail(
-            f"Redis is not reachable at {REDIS_URL} ({exc}); the redis backend cannot be "
-            'tested. Start it: redis-server --daemonize yes --port 6379 --save "" '
-            "--appendonly no",
-            pytrace=False,
-        )
-    prefix = f"gwtest-{uuid.uuid4().hex}:"
-    shared = RedisStore(REDIS_URL, prefix=prefix, lease_ttl_ms=LEASE_TTL_MS)
-    await shared.start()
-    try:
-        yield shared
+        yield make
     finally:
-        await shared.aclose()
-        await _delete_prefix(admin, prefix)
-        await admin.aclose()
+        for store in made:
+            await store.aclose()
+        if admin is not None:
+            for prefix in prefixes:
+                await _delete_prefix(admin, prefix)
+            await admin.aclose()
+
+
+@pytest.fixture
+async def store(stores: StoreFactory) -> Store:
+    """A started store of each backend, with the real lease TTL."""
+    return await stores()
 
 
 @pytest.fixture

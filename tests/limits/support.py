@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -14,12 +15,15 @@ import pytest
 import redis
 
 from gateway.config import Limits
-from gateway.limits.base import Admission, UsageEvent, today
-from gateway.limits.keys import KeyRecord, new_key_id
+from gateway.limits.base import Admission, Store, UsageEvent, today
+from gateway.limits.keys import KeyRecord, hash_key, new_key_id
 from tests.servers import free_port
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-LEASE_TTL_MS = 400  # short, so a test can watch a lease expire
+# The stores of the tests keep the real lease TTL, so a stalled test machine never lets a
+# lease expire under a test; a test that watches one expire asks for a short one.
+LEASE_TTL_MS = 30_000
+SHORT_LEASE_TTL_MS = 2_000  # still seconds: a check that it holds has them as slack
 
 
 def make_key(
@@ -36,6 +40,13 @@ def make_key(
         limits=limits or Limits(),
         created_at=created_at or datetime.now(UTC),
     )
+
+
+async def registered(store: Store, limits: Limits | None = None, **kw: object) -> KeyRecord:
+    """A new key, stored in ``store``."""
+    key = make_key(limits, **kw)  # type: ignore[arg-type]
+    await store.put_key(key, hash_key(f"sk-secret-{key.id}"))
+    return key
 
 
 def with_limits(key: KeyRecord, limits: Limits) -> KeyRecord:
@@ -152,3 +163,41 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+class ReplyStall:
+    """A loopback proxy in front of Redis that can hold Redis's replies back: commands
+    still reach Redis and run, but their answers are late, as on a stalled network."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self.flowing = asyncio.Event()  # cleared: replies are held
+        self.flowing.set()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ReplyStall:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.redis_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
+            try:
+                while data := await src.read(65536):
+                    if held:
+                        await self.flowing.wait()
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(client_r, redis_w, False), pump(redis_r, client_w, True))

@@ -169,6 +169,54 @@ def test_leases_expire_after_their_ttl_unless_renewed(clock: Clock, limiter: Loc
     limiter.admit(admission(key))
 
 
+# ---------------------------------------------------------------- budget reservations
+
+
+def test_a_budget_reservation_ends_with_its_lease(clock: Clock, limiter: LocalLimiter) -> None:
+    # The reservation of a request nobody settles (its instance died) is held for as long
+    # as its lease lives: renewed while in flight, gone once it expires.
+    key = make_key(Limits(budget_usd=1.0))
+    grant = limiter.admit(admission(key, cost=0.75))
+    assert grant.lease
+    assert limiter.held(key.id, "total") == 0.75
+    clock.at(29.999)
+    limiter.renew([grant])  # good until 59.999
+    clock.at(59.998)
+    limiter.admit(admission(key, cost=0.125))  # 0.75 + 0.125 held
+    assert limiter.held(key.id, "total") == 0.875
+    clock.at(59.999)
+    # The first lease is gone, with its 0.75; the second (until 89.998) still holds 0.125.
+    limiter.admit(admission(key, cost=0.5))
+    assert limiter.held(key.id, "total") == 0.625
+    limiter.settle(grant, event(cost=0.25))  # too late to give anything back: counts once
+    assert limiter.held(key.id, "total") == 0.625
+    clock.at(100)
+    limiter.admit(admission(key, cost=0.0))
+    assert limiter.held(key.id, "total") == 0.0
+
+
+def test_reserved_sums_restart_from_zero_when_nothing_is_in_flight(
+    clock: Clock, limiter: LocalLimiter
+) -> None:
+    # Costs that are not binary fractions do not add and subtract back to exactly zero:
+    # what is left once every reservation is back must be zero, not a rounding remainder.
+    assert 0.1 + 0.2 - 0.1 - 0.2 != 0.0
+    key = make_key(Limits(budget_usd=0.5, budget_period="day"))
+    grants = [limiter.admit(admission(key, cost=cost)) for cost in (0.1, 0.2)]
+    for grant in grants:
+        limiter.settle(grant, event(cost=0.0))
+    period = grants[0].period
+    assert limiter.held(key.id, period) == 0.0
+    assert limiter.in_flight(key.id) == 0
+
+
+def test_a_budget_key_without_prices_takes_no_lease(limiter: LocalLimiter) -> None:
+    key = make_key(Limits(budget_usd=1.0))
+    grant = limiter.admit(admission(key, cost=0.0))  # an unpriced model: nothing to hold
+    assert (grant.lease, grant.cost, grant.period) == (False, 0.0, "total")
+    assert limiter.in_flight(key.id) == 0
+
+
 # ---------------------------------------------------------------- estimates
 
 ENGLISH = [

@@ -193,7 +193,7 @@ async def test_the_cluster_and_the_watch_catch_cross_slot_scripts(cluster: Redis
             )
 
         # The real admit script given one key of another gateway key: refused too.
-        admit = resources.files("gateway.limits").joinpath("lua", "admit_v2.lua").read_text()
+        admit = resources.files("gateway.limits").joinpath("lua", "admit_v3.lua").read_text()
         mixed = [*space.admit_keys(first)[:3], space.tagged(second, "spend")]
         with pytest.raises(redis.ResponseError, match="same slot"):
             await client.eval(admit, 4, *mixed, 10, 0, 0, "1.0", 0, "0.5", "t1", 1000, "total")

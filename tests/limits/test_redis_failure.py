@@ -1,4 +1,5 @@
-"""Redis going away and coming back (DESIGN §7): noticed fast, never a hang, nothing lost.
+"""Redis going away and coming back: noticed fast, never a hang, nothing lost
+(docs/limits.md, "When the store is down").
 
 Each test has a redis-server of its own, which it kills (a crash), pauses with
 SIGSTOP (a hung server), fills up (OOM) or feeds a bad key, then brings back on
@@ -21,10 +22,10 @@ import pytest
 import redis
 
 from gateway.config import Limits
-from gateway.errors import StoreUnavailable, TooManyInFlight
+from gateway.errors import RateLimited, StoreUnavailable, TooManyInFlight
 from gateway.limits.keys import hash_key
 from gateway.limits.redis import RedisStore
-from tests.limits.support import RedisServer, admission, event, make_key
+from tests.limits.support import RedisServer, ReplyStall, admission, event, make_key
 
 T = TypeVar("T")
 
@@ -71,7 +72,7 @@ async def test_fail_open_serves_locally_buffers_usage_and_recovers(
 
         started = time.monotonic()
         grant = await bounded(store.admit(admission(key)))
-        assert time.monotonic() - started < 1.0  # noticed within the socket timeout
+        assert time.monotonic() - started < 1.5  # noticed within the socket timeout (0.25 s)
         assert grant.local
         assert await store.status() == "degraded"
         assert (await bounded(store.admit(admission(key)))).local  # no retrying Redis each time
@@ -118,7 +119,7 @@ async def test_fail_closed_refuses_while_down_and_recovers(
             started = time.monotonic()
             with pytest.raises(StoreUnavailable) as refused:
                 await bounded(store.admit(admission(key)))
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 1.5
             assert refused.value.status == 503
             assert refused.value.code == "store_unavailable"
         assert await store.status() == "unavailable"
@@ -179,7 +180,7 @@ async def test_a_hung_redis_never_hangs_a_call(
             started = time.monotonic()
             with pytest.raises(StoreUnavailable):
                 await bounded(store.key_by_hash(hash_key("sk-hung")))
-            assert time.monotonic() - started < 1.0
+            assert time.monotonic() - started < 1.5
             assert await bounded(store.status()) == "degraded"
 
             grant = await bounded(store.admit(admission(key)))
@@ -312,8 +313,11 @@ async def test_a_settle_written_back_releases_its_reservation_in_its_own_day(
             server.resume()
         await eventually_ok(store)
 
-        whole = await bounded(store.admit(admission(key, cost=1.0)))
-        assert not whole.local
+        # Today: nothing spent and nothing held. Had the 0.5 stayed held, or the 0.25
+        # counted today, 0.75 more held would reach the budget and refuse the next one.
+        held = await bounded(store.admit(admission(key, cost=0.75)))
+        assert not held.local
+        assert not (await bounded(store.admit(admission(key, cost=0.0625)))).local
         doc = await bounded(store.usage(key.id))
         assert [(d.day, d.cost_usd) for d in doc.by_day] == [(yesterday, 0.25)]
 
@@ -338,44 +342,6 @@ async def test_a_redis_still_loading_its_data_is_unavailable_not_an_error() -> N
         await bounded(store.aclose())
         server.close()
         await server.wait_closed()
-
-
-class ReplyStall:
-    """A loopback proxy in front of Redis that can hold Redis's replies back: commands
-    still reach Redis and run, but their answers are late, as on a stalled network."""
-
-    def __init__(self, redis_port: int) -> None:
-        self.redis_port = redis_port
-        self.flowing = asyncio.Event()  # cleared: replies are held
-        self.flowing.set()
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> ReplyStall:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.redis_port)
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, held: bool) -> None:
-            try:
-                while data := await src.read(65536):
-                    if held:
-                        await self.flowing.wait()
-                    dst.write(data)
-                    await dst.drain()
-            except OSError:
-                pass
-            finally:
-                dst.close()
-
-        await asyncio.gather(pump(client_r, redis_w, False), pump(redis_r, client_w, True))
 
 
 async def test_an_admit_whose_reply_was_lost_gives_back_its_lease_and_budget(
@@ -403,9 +369,16 @@ async def test_an_admit_whose_reply_was_lost_gives_back_its_lease_and_budget(
             await bounded(store.settle(lost, event("model-a", 10, 5, 0.1)))
             await eventually_ok(store)
 
-            # The slot is free (the lease would hold it for 30 s) and the budget whole
-            # but for the real cost: 0.1 spent, so 0.9 more fits.
-            again = await bounded(store.admit(admission(key, cost=0.9)))
+            # The slot is free (the lease would hold it for 30 s) and nothing is held
+            # of the budget: 0.1 spent, so 0.5 held leaves room for one more. Had the
+            # lost admit's 0.5 stayed held, the second would be refused.
+            again = await bounded(store.admit(admission(key, cost=0.5)))
             assert not again.local
+            await bounded(store.settle(again, event("model-a", 1, 1, 0.0)))
+            wide = key.model_copy(update={"limits": Limits(budget_usd=1.0, budget_period="day")})
+            assert not (await bounded(store.admit(admission(wide, cost=0.5)))).local
+            assert not (await bounded(store.admit(admission(wide, cost=0.5)))).local
+            with pytest.raises(RateLimited):  # 0.1 spent + 1.0 held
+                await bounded(store.admit(admission(wide, cost=0.5)))
             doc = await bounded(store.usage(key.id))
-            assert (doc.requests, doc.cost_usd) == (1, pytest.approx(0.1))
+            assert (doc.requests, doc.cost_usd) == (2, pytest.approx(0.1))

@@ -171,6 +171,61 @@ async def test_embeddings_base64_decode_to_the_floats(provider: MockProvider) ->
             "mock.ttft_ms",
             "mock.ttft_ms: Input should be greater than or equal to 0",
         ),
+        (
+            {"ttft_ms": 600_001},
+            "mock.ttft_ms",
+            "mock.ttft_ms: Input should be less than or equal to 600000",
+        ),
+        (
+            {"delay_ms": 1e12},
+            "mock.delay_ms",
+            "mock.delay_ms: Input should be less than or equal to 600000",
+        ),
+        (
+            {"delay_ms": float("inf")},
+            "mock.delay_ms",
+            "mock.delay_ms: Input should be a finite number",
+        ),
+        (
+            {"ttft_ms": float("nan")},
+            "mock.ttft_ms",
+            "mock.ttft_ms: Input should be a finite number",
+        ),
+        (
+            {"tokens_per_s": 1e-9},
+            "mock.tokens_per_s",
+            "mock.tokens_per_s: Input should be greater than or equal to 0.1",
+        ),
+        (
+            {"chunks": 100_001},
+            "mock.chunks",
+            "mock.chunks: Input should be less than or equal to 100000",
+        ),
+        (
+            {"status": 429, "retry_after": float("inf")},
+            "mock.retry_after",
+            "mock.retry_after: Input should be a finite number",
+        ),
+        (
+            {"status": 429, "retry_after": 3601},
+            "mock.retry_after",
+            "mock.retry_after: Input should be less than or equal to 3600",
+        ),
+        (
+            {"chunks": 100_000, "tokens_per_s": 100},
+            "mock",
+            "mock: the scripted answer would take 1,000 s; a script may take at most 600 s",
+        ),
+        (
+            {"delay_ms": 400_000, "ttft_ms": 400_000},
+            "mock",
+            "mock: the scripted answer would take 800 s; a script may take at most 600 s",
+        ),
+        (
+            {"cut_after": 10**30},
+            "mock.cut_after",
+            "mock.cut_after: Input should be less than or equal to 100002",
+        ),
     ],
 )
 @pytest.mark.parametrize("call", ["chat", "stream", "embed"])
@@ -225,20 +280,20 @@ async def test_scripted_status_maps_like_an_upstream(
     assert error.retry_after == retry_after  # type: ignore[attr-defined]
     if kind is UpstreamRejected:
         assert error.message == "bad temperature"  # type: ignore[attr-defined]
-    if kind is UpstreamUnavailable:
+    if kind is UpstreamUnavailable:  # a 5xx: the gateway's words, not the upstream's
         code = script["status"]
-        assert error.message == (  # type: ignore[attr-defined]
-            f"the upstream failed with status {code}: mock failure {code}"
-        )
+        assert error.message == f"the upstream failed with status {code}"  # type: ignore[attr-defined]
+    assert error.reason == "upstream_status"  # type: ignore[attr-defined]
+    assert error.upstream_status == script["status"]  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
     ("field", "n", "message"),
     [
-        ("cut_after", 0, "the upstream stream ended early (mock fault)"),
-        ("cut_after", 3, "the upstream stream ended early (mock fault)"),
-        ("malformed_after", 2, "the upstream stream sent a malformed chunk (mock fault)"),
-        ("malformed_after", 13, "the upstream stream sent a malformed chunk (mock fault)"),
+        ("cut_after", 0, "the upstream closed the connection mid-answer (mock fault)"),
+        ("cut_after", 3, "the upstream closed the connection mid-answer (mock fault)"),
+        ("malformed_after", 2, "the upstream sent a malformed chunk (mock fault)"),
+        ("malformed_after", 13, "the upstream sent a malformed chunk (mock fault)"),
     ],
 )
 async def test_stream_faults_after_exactly_n_chunks(
@@ -251,6 +306,7 @@ async def test_stream_faults_after_exactly_n_chunks(
                 got.append(c)
     assert len(got) == n
     assert info.value.message == message
+    assert info.value.reason == ("stream_cut" if field == "cut_after" else "malformed")
 
 
 async def test_earliest_fault_wins(provider: MockProvider) -> None:

@@ -305,7 +305,7 @@ async def test_stream_error_from_an_in_memory_body(
     )
     with pytest.raises(UpstreamRateLimited) as info:
         await collect(provider, chat_request(stream=True), context())
-    assert info.value.message == "the upstream is rate limiting: Rate limit reached"
+    assert info.value.message == "the upstream is rate limiting the gateway (429)"
     assert info.value.retry_after == 2.0
 
 
@@ -441,7 +441,7 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
                 UpstreamRateLimited,
                 429,
                 {
-                    "message": "the upstream is rate limiting: Rate limit reached for gpt-4o-mini",
+                    "message": "the upstream is rate limiting the gateway (429)",
                     "type": "rate_limit_error",
                     "param": None,
                     "code": "upstream_rate_limited",
@@ -457,8 +457,7 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
                 UpstreamUnavailable,
                 502,
                 {
-                    "message": "the upstream failed with status 500: "
-                    "The server had an error while processing your request.",
+                    "message": "the upstream failed with status 500",
                     "type": "api_error",
                     "param": None,
                     "code": "upstream_error",
@@ -474,8 +473,7 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
                 UpstreamUnavailable,
                 502,
                 {
-                    "message": "the upstream failed with status 502: "
-                    "<html><body><h1>502 Bad Gateway</h1></body></html>",
+                    "message": "the upstream failed with status 502",
                     "type": "api_error",
                     "param": None,
                     "code": "upstream_error",
@@ -491,7 +489,7 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
                 UpstreamUnavailable,
                 502,
                 {
-                    "message": "the upstream failed with status 503: HTTP 503",
+                    "message": "the upstream failed with status 503",
                     "type": "api_error",
                     "param": None,
                     "code": "upstream_error",
@@ -609,9 +607,8 @@ async def test_error_event_mid_stream(router: respx.Router, provider: OpenAIProv
     assert len(got) == 1
     assert info.value.status == 502
     assert info.value.code == "upstream_error"
-    assert info.value.message == (
-        "the upstream failed with status 500: The server had an error ([redacted])"
-    )
+    assert info.value.message == "the upstream reported an error mid-answer"
+    assert info.value.reason == "error_event"
 
 
 @pytest.mark.parametrize(
@@ -657,7 +654,8 @@ async def test_connect_error_is_unavailable(
             await collect(provider, chat_request(stream=True), context())
         else:
             await provider.chat(chat_request(), context())
-    assert info.value.message == "could not reach the upstream: ConnectError"
+    assert info.value.message == "could not reach the upstream: connection refused"
+    assert info.value.reason == "connect_refused"
     assert info.value.retryable
 
 
@@ -678,7 +676,8 @@ async def test_read_error_mid_stream_is_unavailable(
             async for c in chunks:
                 got.append(c)
     assert len(got) == 1
-    assert info.value.message == "could not reach the upstream: RemoteProtocolError"
+    assert info.value.message == "the upstream closed the connection mid-answer"
+    assert info.value.reason == "stream_cut"
 
 
 async def slow_answer(request: httpx.Request) -> httpx.Response:
@@ -714,6 +713,7 @@ async def test_slow_first_event_is_a_timeout(
     with pytest.raises(UpstreamTimeout) as info:
         await collect(provider, chat_request(stream=True), context(timeout=0.2))
     assert info.value.message == "the upstream timed out waiting for the first token"
+    assert info.value.reason == "timeout_first_token"
     assert body.closed  # the upstream response is closed on the way out
 
 
@@ -731,7 +731,8 @@ async def test_stalled_stream_is_an_idle_timeout(
             async for c in chunks:
                 got.append(c)
     assert len(got) == 1
-    assert info.value.message == "the upstream timed out waiting for an idle gap"
+    assert info.value.message == "the upstream sent nothing for longer than the idle timeout"
+    assert info.value.reason == "timeout_idle"
     assert body.closed
 
 
@@ -746,3 +747,130 @@ async def test_abandoned_stream_closes_the_response(
         first = await anext(chunks)
     assert first.choices[0].delta.role == "assistant"
     assert body.closed
+
+
+# ---------------------------------------------------------------- secrets and hints
+
+HEADER_SECRET = "org-header-secret-9f8e7d6c5b4a"
+
+
+def echoing(status: int, size: int | None = None):
+    """An upstream that answers ``status`` with an error repeating the request's headers."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        echoed = "; ".join(f"{k}: {v}" for k, v in request.headers.items())
+        message = f"bad request, headers were {echoed}"
+        if size is not None:  # the secret straddles where a naive cut would fall
+            message = "x" * size + message
+        return httpx.Response(status, json={"error": {"message": message, "type": "bad"}})
+
+    return answer
+
+
+def fragments(secret: str) -> list[str]:
+    return [secret[i : i + 8] for i in range(len(secret) - 7)]
+
+
+@pytest.fixture
+def org_provider(upstream: Upstream) -> OpenAIProvider:
+    config = ProviderConfig(
+        type="openai",
+        base_url=BASE_URL,
+        api_key=SECRET,
+        headers={"OpenAI-Organization": HEADER_SECRET, "OpenAI-Project": "p1"},
+    )
+    return OpenAIProvider("up", config, upstream)
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["chat", "stream"])
+@pytest.mark.parametrize("status", [400, 422, 500, 503, 429])
+@pytest.mark.parametrize("size", [None, 150, 180, 190, 200, 480, 495])
+async def test_an_echoing_upstream_never_relays_a_secret(
+    router: respx.Router,
+    org_provider: OpenAIProvider,
+    streaming: bool,
+    status: int,
+    size: int | None,
+) -> None:
+    router.post("/chat/completions").mock(side_effect=echoing(status, size))
+    with pytest.raises(UpstreamError) as info:
+        if streaming:
+            await collect(org_provider, chat_request(stream=True), context())
+        else:
+            await org_provider.chat(chat_request(), context())
+    shown = json.dumps(info.value.to_dict()) + str(info.value)
+    assert HEADER_SECRET not in shown
+    for piece in fragments(SECRET) + fragments(HEADER_SECRET):
+        assert piece not in shown
+    if status < 500 and status != 429:
+        assert "bad" in info.value.message  # the rest is relayed (perhaps cut)
+    else:
+        assert "headers were" not in info.value.message
+
+
+@pytest.mark.parametrize("path", ["/chat/completions", "/embeddings"])
+@pytest.mark.parametrize(
+    "body",
+    [b"404 page not found", b'{"detail": "Not Found"}', b""],
+    ids=["text", "json", "empty"],
+)
+async def test_a_base_url_without_v1_is_named_in_the_502(
+    upstream: Upstream, path: str, body: bytes
+) -> None:
+    router = respx.Router(assert_all_mocked=True)
+    router.post(f"https://user:hunter22-password@upstream.test{path}").respond(404, content=body)
+    config = ProviderConfig(
+        type="openai", base_url="https://user:hunter22-password@upstream.test", api_key=SECRET
+    )
+    raw = build_upstream(config, transport=httpx.MockTransport(router.async_handler))
+    provider = OpenAIProvider("up", config, raw)
+    try:
+        with pytest.raises(UpstreamUnavailable) as info:
+            if path == "/embeddings":
+                request = EmbeddingRequest.model_validate({"model": "emb", "input": "hello"})
+                await provider.embed(request, context())
+            else:
+                await provider.chat(chat_request(), context())
+    finally:
+        await raw.aclose()
+    assert info.value.status == 502
+    assert info.value.message == (
+        f"the upstream answered 404 for POST {path}: is the provider's base_url missing '/v1'?"
+    )
+    assert "hunter22" not in info.value.message
+    assert (info.value.reason, info.value.upstream_status) == ("upstream_status", 404)
+
+
+async def test_a_stream_404_is_named_too(router: respx.Router, upstream: Upstream) -> None:
+    config = ProviderConfig(type="openai", base_url="https://upstream.test", api_key=SECRET)
+    router.post("https://upstream.test/chat/completions").respond(404, text="Not Found")
+    with pytest.raises(UpstreamUnavailable) as info:
+        await collect(OpenAIProvider("up", config, upstream), chat_request(stream=True), context())
+    assert "is the provider's base_url missing '/v1'?" in info.value.message
+
+
+async def test_a_slow_non_stream_answer_is_a_total_timeout(
+    router: respx.Router, provider: OpenAIProvider
+) -> None:
+    router.post("/chat/completions").mock(side_effect=slow_answer)
+    ctx = context(timeout={"first_token": 5, "idle": 5, "total": 0.2})
+    with pytest.raises(UpstreamTimeout) as info:
+        await provider.chat(chat_request(), ctx)
+    assert info.value.reason == "timeout_total"
+
+
+async def test_a_malformed_answer_is_named(router: respx.Router, provider: OpenAIProvider) -> None:
+    router.post("/chat/completions").respond(200, content=b'{"id": "chatcmpl-1"')
+    with pytest.raises(UpstreamUnavailable) as info:
+        await provider.chat(chat_request(), context())
+    assert info.value.reason == "malformed"
+
+
+async def test_a_stream_ending_early_is_a_cut(
+    router: respx.Router, provider: OpenAIProvider
+) -> None:
+    wire = frames(chunk("Hel"), done=False)
+    router.post("/chat/completions").mock(side_effect=lambda request: sse_response(wire))
+    with pytest.raises(UpstreamUnavailable) as info:
+        await collect(provider, chat_request(stream=True), context())
+    assert info.value.reason == "stream_cut"

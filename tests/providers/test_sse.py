@@ -166,7 +166,8 @@ async def test_idle_timeout() -> None:
     assert await anext(events) == SSEEvent(None, b"1")
     with pytest.raises(UpstreamTimeout) as info:
         await anext(events)
-    assert info.value.message == "the upstream timed out waiting for an idle gap"
+    assert info.value.message == "the upstream sent nothing for longer than the idle timeout"
+    assert info.value.reason == "timeout_idle"
 
 
 async def test_idle_gaps_shorter_than_the_limit_are_fine() -> None:
@@ -244,5 +245,7 @@ async def test_a_failed_read_is_a_gateway_error() -> None:
 
     events = stream(broken(), first=1, idle=1, total=5)
     assert await anext(events) == SSEEvent(None, b"1")
-    with pytest.raises(UpstreamUnavailable, match="could not reach the upstream: ReadError"):
+    with pytest.raises(UpstreamUnavailable) as info:
         await anext(events)
+    assert info.value.message == "the upstream closed the connection mid-answer"
+    assert info.value.reason == "stream_cut"

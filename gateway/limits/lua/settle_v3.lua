@@ -1,12 +1,15 @@
--- settle_v2: reconcile one admitted request and record its usage, atomically.
+-- settle_v3: reconcile one admitted request and record its usage, atomically.
+-- v3 (over v2): the budget reservation is given back to the in-flight sum
+-- ('held:<period>', see admit_v3), not to the settled spend, and the real cost is added
+-- to the settled spend of the day, month and all time it was spent in. As in v2, what is
+-- given back is what admit_v3 kept under the ticket ('h:<ticket>'), not what the caller
+-- names: a caller whose admit reply was lost does not know whether there is one, and
+-- settling twice gives it back once.
 -- KEYS: tpm, leases, spend, usage (hash "day|model|counter" -> n), meta (hash);
 --       all share the key's hash tag.
 -- ARGV: ticket, release_lease (0/1), bucket (-1 = none), token_delta, refund (0/1),
 --       cost, day, model, input_tokens, output_tokens, error (0/1), day_period,
 --       month_period
--- v2 (over v1): the budget reservation to give back is the one admit_v2 kept under the
--- ticket, not one the caller names: a caller whose admit reply was lost does not know
--- whether there is one, and settling twice gives it back once.
 local t = redis.call('TIME')
 
 local bucket, delta = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -15,12 +18,12 @@ if bucket >= 0 and delta ~= 0 and redis.call('HEXISTS', KEYS[1], bucket) == 1 th
 end
 
 if ARGV[5] == '1' then
-  local field = 'r:' .. ARGV[1]
+  local field = 'h:' .. ARGV[1]
   local reservation = redis.call('HGET', KEYS[3], field)
   if reservation then
-    local period, reserved = string.match(reservation, '^(%S+) (%S+)$')
-    if tonumber(redis.call('HINCRBYFLOAT', KEYS[3], period, -tonumber(reserved))) < 0 then
-      redis.call('HSET', KEYS[3], period, 0)
+    local period, usd = string.match(reservation, '^(%S+) (%S+)$')
+    if tonumber(redis.call('HINCRBYFLOAT', KEYS[3], 'held:' .. period, '-' .. usd)) <= 0 then
+      redis.call('HDEL', KEYS[3], 'held:' .. period)
     end
     redis.call('HDEL', KEYS[3], field)
   end

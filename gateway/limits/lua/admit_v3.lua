@@ -1,14 +1,25 @@
--- admit_v2: check and take every limit of one gateway key, atomically.
--- v2 (over v1): the budget reservation is also kept under its ticket, 'r:<ticket>' ->
--- '<period> <cost>' in the spend hash, so settle_v2 gives back what this script took
--- even when its reply never reached the gateway.
--- KEYS: rpm (zset), tpm (hash second -> tokens), leases (zset), spend (hash period -> usd);
+-- admit_v3: check and take every limit of one gateway key, atomically.
+-- v3 (over v2): settled spend and in-flight reservations are kept apart. v2 added each
+-- budget reservation (a request's worst-case cost) to the period's spend and refused any
+-- request whose reservation did not fit, so a fresh key with a small budget, or a large
+-- one at a high price, was "used up" on its first request. Now a request is admitted while
+-- settled spend + reservations is below the budget: 5 once settled spend reaches it (for
+-- good), 6 while only reservations fill it (they free as their requests settle). A
+-- reservation rides on its request's lease (a key with a budget takes one per request,
+-- max_parallel or not), so a crashed instance's reservations expire with its leases
+-- instead of holding the budget for ever. Each instance settles what it admitted with its
+-- own scripts; while v2 and v3 instances share a Redis, v3 counts v2's reservations as
+-- spend (stricter) and v2 does not see v3's.
+-- KEYS: rpm (zset), tpm (hash second -> tokens), leases (zset ticket -> expiry ms),
+--       spend (hash: '<period>' -> settled USD, 'held:<period>' -> USD reserved in flight,
+--              'h:<ticket>' -> '<period> <USD>' reserved by that admission);
 --       all share the key's hash tag, so the script touches one cluster slot.
 -- ARGV: rpm, tpm, max_parallel, budget_usd (0 = no limit), tokens, cost_usd,
 --       ticket (unique per admission), lease_ttl_ms, budget_period
 -- Returns {refused, retry_ms, requests_used, requests_reset_ms, tokens_used,
 --          tokens_reset_ms, bucket}; refused: 0 admitted, 1 rpm, 2 tpm,
---          3 larger than the whole tpm, 4 max_parallel, 5 budget.
+--          3 larger than the whole tpm, 4 max_parallel, 5 budget used up,
+--          6 budget held by requests in flight.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local second = math.floor(now / 1000)
@@ -67,14 +78,37 @@ if tpm > 0 then
   end
 end
 
-if maxp > 0 and refused == 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= maxp then refused, retry = 4, 1000 end
+local in_flight = 0
+if (maxp > 0 or budget > 0) and refused == 0 then
+  -- Expired leases go, and the budget reservations riding on them with them.
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+  if #gone > 0 then
+    for _, lost in ipairs(gone) do
+      local field = 'h:' .. lost
+      local reservation = redis.call('HGET', KEYS[4], field)
+      if reservation then
+        local p, usd = string.match(reservation, '^(%S+) (%S+)$')
+        if tonumber(redis.call('HINCRBYFLOAT', KEYS[4], 'held:' .. p, '-' .. usd)) <= 0 then
+          redis.call('HDEL', KEYS[4], 'held:' .. p)
+        end
+        redis.call('HDEL', KEYS[4], field)
+      end
+    end
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  end
+  in_flight = redis.call('ZCARD', KEYS[3])
+  if maxp > 0 and in_flight >= maxp then refused, retry = 4, 1000 end
 end
 
 if budget > 0 and refused == 0 then
   local spent = tonumber(redis.call('HGET', KEYS[4], period) or '0')
-  if spent >= budget or spent + cost > budget then refused = 5 end
+  if spent >= budget then
+    refused = 5
+  elseif in_flight > 0 then
+    -- Nothing in flight means nothing reserved: no sum (or float remainder) to read.
+    local held = tonumber(redis.call('HGET', KEYS[4], 'held:' .. period) or '0')
+    if spent + held >= budget then refused, retry = 6, 1000 end
+  end
 end
 
 if refused > 0 then
@@ -93,12 +127,18 @@ if tpm > 0 then
   bucket = second
   used_tok = used_tok + tokens
 end
-if maxp > 0 then
+local reserve = budget > 0 and cost > 0
+if maxp > 0 or reserve then
   redis.call('ZADD', KEYS[3], now + ttl, ticket)
   redis.call('PEXPIRE', KEYS[3], ttl + 1000)
 end
-if budget > 0 then
-  redis.call('HINCRBYFLOAT', KEYS[4], period, ARGV[6])
-  redis.call('HSET', KEYS[4], 'r:' .. ticket, period .. ' ' .. ARGV[6])
+if reserve then
+  if in_flight == 0 then
+    -- The first reservation in flight starts the sum afresh, float remainders and all.
+    redis.call('HSET', KEYS[4], 'held:' .. period, ARGV[6])
+  else
+    redis.call('HINCRBYFLOAT', KEYS[4], 'held:' .. period, ARGV[6])
+  end
+  redis.call('HSET', KEYS[4], 'h:' .. ticket, period .. ' ' .. ARGV[6])
 end
 return {0, 0, used_req, req_reset, used_tok, tok_reset, bucket}
