@@ -77,7 +77,7 @@ def _setup() -> str:
 def _targets(run: Run, targets: list[Target]) -> list[str]:
     factor = scale_factor(run)
     L = [
-        "## Targets (issue 5)",
+        "## Targets (README.md, Performance)",
         "",
         "| target | measured | scaled to the reference | |",
         "|---|---|---|---|",
@@ -92,7 +92,7 @@ def _targets(run: Run, targets: list[Target]) -> list[str]:
             f"*Scaled to the reference* = measured x ({REFERENCE_CEILING_US:.0f} / "
             f"{c.cpu_us_req:.0f}) = measured x {factor:.2f}: the ceiling (the cheapest FastAPI "
             f"route, same load, same CPU, measured once at the start of the run) costs {c.cpu_us_req:.0f} µs/request on this machine "
-            f"against {REFERENCE_CEILING_US:.0f} µs on the issue's reference machine. Time "
+            f"against {REFERENCE_CEILING_US:.0f} µs on the reference machine. Time "
             "figures only; verdicts are on the measured figures."
         )
     return L

@@ -16,7 +16,7 @@ and the peer.
 
 This module is the command line and the order of the run; beside it: scenarios.py (the
 load shapes), procs.py (starting and stopping), measure.py (one load and its cost),
-machine.py (the machine), targets.py (the issue's targets), report.py (RESULTS.md),
+machine.py (the machine), targets.py (the README's targets), report.py (RESULTS.md),
 quick.py (quick mode's verdict).
 """
 

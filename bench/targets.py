@@ -1,7 +1,8 @@
-"""The targets of issue 5, judged on a run's figures, and the machine's scale factor.
+"""The performance targets (README.md, "Performance"), judged on a run's figures, and
+the machine's scale factor.
 
 Verdicts are on the measured figures. Beside them, time figures are also shown scaled to
-the reference machine of the issue: measured x (73 µs / this machine's ceiling), the
+the reference machine the targets were set on: measured x (73 µs / this machine's ceiling), the
 ceiling being the cheapest FastAPI route (bench/ceiling.py) under the same load on the
 same CPU; so a reader sees how much of a miss is the machine.
 """
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from measure import Result, Run
 from scenarios import SCENARIOS
 
-REFERENCE_CEILING_US = 73.0  # issue 5: "FastAPI route answering a fixed body", µs/request
+REFERENCE_CEILING_US = 73.0  # the reference machine's FastAPI route answering itself, µs/request
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def ratio_vs_peer(run: Run, scenario: str) -> float | None:
 
 
 def evaluate(run: Run) -> list[Target]:
-    """Each target of the performance issue, with what this run measured for it."""
+    """Each performance target (README.md), with what this run measured for it."""
     out: list[Target] = []
 
     def add(name: str, value: float | None, limit: float, fmt: str, unit: str) -> None:
