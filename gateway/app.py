@@ -103,7 +103,7 @@ def _tune_gc() -> None:
 
     What start-up built (modules, models, config) lives as long as the process:
     freezing it takes it out of every later collection, and a larger first
-    generation runs the young collections less often (DESIGN §9).
+    generation runs the young collections less often (README.md, "Performance").
     """
     gc.collect()
     gc.freeze()

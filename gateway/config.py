@@ -199,7 +199,7 @@ class ServerConfig(_Strict):
     default_max_output_tokens: PositiveInt = 4096
     # How long in-flight requests and streams may finish after SIGTERM.
     drain_seconds: float = Field(default=30.0, ge=0)
-    # A stream's headers wait this long for the first upstream chunk (DESIGN §1),
+    # A stream's headers wait this long for the first upstream chunk (docs/wire-formats.md, "Streams"),
     # then ": ping" comments keep idle proxies from closing it.
     stream_commit_seconds: PositiveFloat = 5.0
     keepalive_seconds: PositiveFloat = 15.0

@@ -3,7 +3,7 @@
 Each is declared once as an ``Annotated`` alias; tests replace any of them
 with ``app.dependency_overrides``. A model route declares exactly one
 admission dependency (``ChatCall``, ``EmbeddingCall``), which runs the checks
-of DESIGN §1 in order: key, body, model, then ONE store call that admits.
+of docs/architecture.md in order: key, body, model, then ONE store call that admits.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Providers see only httpx: an ``httpx.AsyncClient``, ``httpx.Request`` and
 ``httpx.Response``. Beneath it sits a transport chosen by measurement
 (``build_upstream``): httpx's own costs several times more CPU per request
-(DESIGN §9). The app owns the transport instance, so the hot path calls
+(README.md, "Performance"). The app owns the transport instance, so the hot path calls
 ``Upstream.send`` (the transport directly, with a prebuilt request) and skips
 ``AsyncClient.send``'s URL merging, cookie jar, auth and redirect layers.
 Tests hand in any other transport, such as

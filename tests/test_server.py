@@ -98,7 +98,7 @@ async def test_keep_alive_answers_each_leave_in_one_write() -> None:
 
 
 async def test_a_head_whose_body_comes_later_is_not_held_back() -> None:
-    """A stream committing its headers before its first event (DESIGN §1: after 5 s)."""
+    """A stream committing its headers before its first event (docs/wire-formats.md, "Streams": after 5 s)."""
     body_may_go = asyncio.Event()
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -47,7 +47,7 @@ class _SettlingJSON(Response):
     The client gets its answer without waiting for the bookkeeping: on a lightly
     loaded gateway the settle's store round trip was a quarter or more of the
     latency the gateway adds. Settling stays in the response's own ``finally``
-    (DESIGN §1), with nothing between the send and the settle that could
+    (docs/architecture.md), with nothing between the send and the settle that could
     suspend, so the lease is released before this process reads another
     request, and the store connection keeps call order; another process's
     admit would have to beat a command already on its way to the store.

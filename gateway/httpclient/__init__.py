@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 client transport: asyncio Protocols and httptools' response parser.
 
-An ``httpx.AsyncBaseTransport`` (providers see only httpx, STYLE 4) without
+An ``httpx.AsyncBaseTransport`` (providers see only httpx) without
 what the gateway never uses: redirects, cookies, proxies, HTTP/2, request
 bodies larger than memory, write timeouts.
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
 
@@ -129,8 +129,17 @@ class RedisStore:
         """
         if self.degraded:
             raise self._unavailable()
+        return await self._guarded(self._redis.execute(*args))
+
+    async def _eval(self, script: Script, keys: list[str], args: list[object]) -> object:
+        """A script, with loss of Redis noticed as in ``_call``."""
+        if self.degraded:
+            raise self._unavailable()
+        return await self._guarded(self._redis.evalsha(script, keys, args))
+
+    async def _guarded(self, reply: Awaitable[object]) -> object:
         try:
-            return await self._redis.execute(*args)
+            return await reply
         except _DOWN as exc:
             self._went_down(exc)
             raise self._unavailable() from exc
@@ -285,21 +294,6 @@ class RedisStore:
         self, key_id: str, change: Callable[[KeyRecord], KeyRecord]
     ) -> KeyRecord | None:
         return await self._writes.update(key_id, change)
-
-    async def _eval(self, script: Script, keys: list[str], args: list[object]) -> object:
-        """A script, with loss of Redis noticed as in ``_call``."""
-        if self.degraded:
-            raise self._unavailable()
-        try:
-            return await self._redis.evalsha(script, keys, args)
-        except _DOWN as exc:
-            self._went_down(exc)
-            raise self._unavailable() from exc
-        except ReplyError as exc:
-            if not str(exc).startswith(_NOT_SERVING):
-                raise
-            self._went_down(exc)
-            raise self._unavailable() from exc
 
     # ------------------------------------------------------------ limits
 

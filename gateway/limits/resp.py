@@ -4,7 +4,7 @@ Every request makes two Redis calls (admit, settle), so their cost is the
 gateway's. redis-py's asyncio client spends most of each call outside Redis:
 a pool checkout and release, an ``asyncio.wait_for`` per socket operation,
 retry wrappers and command packing — about 78 µs of CPU per call against 30
-µs here (DESIGN §9 / issue 5). This keeps one connection per process and lets
+µs here (README.md, "Performance"). This keeps one connection per process and lets
 any number of calls be in flight on it at once (Redis answers in order, so
 replies are matched to callers first-in first-out), packs and parses with
 hiredis, and bounds every call with ONE watchdog per connection instead of a

@@ -52,6 +52,9 @@ from gateway.schemas.openai import (
 
 DEFAULT_TOKENS = 12
 DEFAULT_DIMENSIONS = 16
+# The most numbers one mock embeddings answer makes (inputs x dimensions): the mock answers
+# the demo key on a public gateway, and each number costs the event loop ~0.4 µs to make.
+MAX_EMBEDDING_NUMBERS = 1 << 18
 _WORDS = [
     "the",
     "quick",
@@ -263,6 +266,12 @@ def build_embeddings(request: EmbeddingRequest, model: str) -> EmbeddingResponse
     if inputs and isinstance(inputs[0], int):  # one tokenized input
         inputs = [inputs]
     dims = request.dimensions or DEFAULT_DIMENSIONS
+    if len(inputs) * dims > MAX_EMBEDDING_NUMBERS:
+        raise InvalidRequest(
+            f"The mock makes at most {MAX_EMBEDDING_NUMBERS} numbers an answer "
+            f"(inputs x dimensions); this asks for {len(inputs) * dims}.",
+            param="dimensions",
+        )
     data, tokens = [], 0
     for i, item in enumerate(inputs):
         text = item if isinstance(item, str) else " ".join(map(str, item))

@@ -1,7 +1,7 @@
 """Gateway model names -> the deployments that serve them, and which one to call.
 
 For now one strategy, ``weighted``; retries, fallbacks, cooldowns and the
-other strategies of DESIGN §8 wrap this interface in their own modules.
+other strategies (docs/configuration.md, models.routing) wrap this interface in their own modules.
 """
 
 from __future__ import annotations

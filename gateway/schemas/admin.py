@@ -1,4 +1,4 @@
-"""Admin API wire models: keys, their limits, usage documents (DESIGN §5)."""
+"""Admin API wire models: keys, their limits, usage documents (docs/wire-formats.md, "Admin API")."""
 
 from __future__ import annotations
 

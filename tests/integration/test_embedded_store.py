@@ -1,4 +1,4 @@
-"""The embedded store (no REDIS_URL): keys and usage survive a restart (DESIGN §3)."""
+"""The embedded store (no REDIS_URL): keys and usage survive a restart (docs/operations.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``gateway keys ...`` against a running gateway's admin API (DESIGN §3)."""
+"""``gateway keys ...`` against a running gateway's admin API (docs/wire-formats.md, "Admin API")."""
 
 from __future__ import annotations
 

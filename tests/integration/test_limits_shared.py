@@ -1,4 +1,4 @@
-"""Per-key limits shared by two gateway processes through one real Redis (DESIGN §7).
+"""Per-key limits shared by two gateway processes through one real Redis (docs/limits.md).
 
 Two gateways on two ports run the same config with the same Redis prefix, so
 every limit below is exact across them: requests are split alternately

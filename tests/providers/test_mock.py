@@ -141,6 +141,17 @@ async def test_embeddings_float(provider: MockProvider) -> None:
     assert answer.usage.prompt_tokens == answer.usage.total_tokens == 2
 
 
+async def test_embeddings_bounded_in_numbers_made(provider: MockProvider) -> None:
+    # 2,048 inputs at 16,384 dimensions is within the API's bounds; the mock, which
+    # answers the demo key, makes at most MAX_EMBEDDING_NUMBERS numbers an answer.
+    inputs = ["x"] * 2_048
+    with pytest.raises(InvalidRequest) as refused:
+        await provider.embed(EmbeddingRequest(model="m", input=inputs, dimensions=16_384), CTX)
+    assert refused.value.param == "dimensions"
+    answer = await provider.embed(EmbeddingRequest(model="m", input=inputs, dimensions=128), CTX)
+    assert len(answer.data) == 2_048
+
+
 async def test_embeddings_base64_decode_to_the_floats(provider: MockProvider) -> None:
     floats = await provider.embed(EmbeddingRequest(model="m", input="hello"), CTX)
     packed = await provider.embed(
