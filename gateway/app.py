@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import gc
-import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import APIRouter, FastAPI
-from fastapi.routing import APIRoute
+from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from gateway import __version__
+from gateway import __version__, fastpath
 from gateway.api import admin, health, openai
 from gateway.api.handlers import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
@@ -28,6 +26,10 @@ _NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_s
 def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """The gateway for ``settings``; ``transport`` replaces every provider's (tests)."""
 
+    # The framework bypasses, chosen here once: the routes' for this app, the
+    # serializers' for the process (gateway/fastpath.py).
+    bypass = fastpath.enabled(settings.server)
+    fastpath.select(bypass)
     access_log = AccessLog()
 
     @asynccontextmanager
@@ -53,8 +55,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         **docs,
     )
     install_error_handlers(app)
-    for router in (openai.router, health.router, admin.router):
-        _add_routes(app, router)
+    fastpath.add_routes(app, (openai.router, health.router, admin.router), bypass=bypass)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -69,33 +70,6 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         access_log=access_log,
     )
     return app
-
-
-# What a route was declared with, as ``add_api_route`` takes it (and the route keeps it).
-_ROUTE_FIELDS = tuple(
-    name
-    for name in inspect.signature(APIRouter.add_api_route).parameters
-    if name not in ("self", "path", "endpoint", "route_class_override")
-)
-
-
-def _add_routes(app: FastAPI, router: APIRouter) -> None:
-    """The router's routes declared on the app's own router, as ``@app.post`` would.
-
-    Since FastAPI 0.137, ``include_router`` keeps the router as a node that every
-    request walks (effective-route caches, version checks, scope bookkeeping):
-    measured in one process, ~31 µs a request more than the same routes declared
-    flat. Each is declared anew with what it was declared with, so it belongs to
-    this app (its ``dependency_overrides`` among them) and the OpenAPI schema is
-    the same (tests/test_app.py). Nothing here nests or prefixes.
-    """
-    for route in router.routes:
-        if not isinstance(route, APIRoute):
-            raise TypeError(f"only plain API routes can be declared flat, not {route!r}")
-        fields = {name: getattr(route, name) for name in _ROUTE_FIELDS}
-        app.router.add_api_route(
-            route.path, route.endpoint, route_class_override=type(route), **fields
-        )
 
 
 def _tune_gc() -> None:

@@ -38,9 +38,18 @@ def _settings(config: str | None, *, prepare: bool = False) -> Settings:
     """
     settings = load_settings(resolve_config_path(config, os.environ))
     check_types(settings)
+    _framework_bypasses(settings)  # a bad GATEWAY_FRAMEWORK_BYPASSES is refused here
     if settings.redis_url is None:
         _check_data_dir(settings, prepare=prepare)
     return settings
+
+
+def _framework_bypasses(settings: Settings) -> bool:
+    """Whether the framework bypasses are on (gateway/fastpath.py), the environment's
+    override included."""
+    from gateway import fastpath
+
+    return fastpath.enabled(settings.server)
 
 
 def _check_data_dir(settings: Settings, *, prepare: bool) -> None:
@@ -177,6 +186,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in warn_about(settings):
         log.warning("%s", warning)
     _warn_demo_key(settings)
+    if not _framework_bypasses(settings):
+        log.warning("framework bypasses are off: the same answers, at more CPU per request")
     log.info(
         "gateway %s: config %s, %d models, store %s",
         __version__,
@@ -231,6 +242,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from gateway.limits.embedded import default_data_dir
 
         print(f"# store: embedded, in {settings.server.data_dir or default_data_dir()}")
+    bypasses = _framework_bypasses(settings)
+    if bypasses != settings.server.framework_bypasses:
+        state = "on" if bypasses else "off"
+        print(f"# framework bypasses: {state} (GATEWAY_FRAMEWORK_BYPASSES overrides the config)")
     print(yaml.safe_dump(resolved, sort_keys=False), end="")
     for warning in warn_about(settings):
         print(f"# warning: {warning}")

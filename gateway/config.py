@@ -63,10 +63,17 @@ class Timeouts(_Strict):
 
 
 class Price(_Strict):
-    """USD per one million tokens."""
+    """USD per one million tokens.
+
+    ``cache_read`` prices the prompt tokens served from the provider's prompt
+    cache, ``cache_write`` those written to it; unset, they cost ``input``
+    (docs/limits.md, "Budgets").
+    """
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    cache_read: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -218,6 +225,10 @@ class ServerConfig(_Strict):
     max_connections: PositiveInt = 2048
     # Interactive API docs (/docs, /redoc) and the schema (/openapi.json).
     docs: bool = True
+    # The measured departures from FastAPI, Starlette, uvicorn and pydantic
+    # (gateway/fastpath.py); off, the gateway answers the same, only slower.
+    # GATEWAY_FRAMEWORK_BYPASSES=0 or 1, when set, overrides it.
+    framework_bypasses: bool = True
 
 
 class Settings(_Strict):

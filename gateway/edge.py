@@ -12,7 +12,6 @@ import functools
 import http
 from dataclasses import dataclass
 
-from gateway.api.handlers import error_json
 from gateway.config import ServerConfig
 from gateway.errors import (
     GatewayError,
@@ -21,6 +20,7 @@ from gateway.errors import (
     RequestTimeout,
     TooManyConnections,
 )
+from gateway.ingress.openai import error_json
 
 # After a refusal, what the client still sends is read and dropped this long (or until
 # it closes), so that it reads the answer instead of a reset for unread data.

@@ -80,6 +80,9 @@ class GatewayError(Exception):
     retryable: bool = False
     reason: str | None = None
     upstream_status: int | None = None
+    # A refused admission's ``LimitsState`` (gateway/limits/base.py): where the key
+    # stands, which the client's ingress renders as its rate-limit headers.
+    limits: object | None = None
 
     def __init__(
         self,
@@ -263,3 +266,20 @@ def upstream_status_error(
         error = UpstreamUnavailable(f"the upstream failed with status {status}")
     error.reason, error.upstream_status = Reason.UPSTREAM_STATUS, status
     return error
+
+
+_LOC_ROOTS = ("body", "query", "path", "header")
+
+
+def validation_error(errors: list[dict]) -> InvalidRequest:
+    """The first of pydantic's errors, as a 400 naming the field."""
+    first = errors[0]
+    param = format_loc(tuple(first.get("loc", ())), skip=_LOC_ROOTS) or None
+    kind = first.get("type", "")
+    if kind == "missing":
+        message = f"Missing required parameter: '{param}'."
+    elif kind == "extra_forbidden":
+        message = f"Unrecognized request argument supplied: {param}"
+    else:
+        message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
+    return InvalidRequest(message, param=param)

@@ -25,18 +25,11 @@ before its response is complete, the request's scope says so (``CLIENT_GONE``:
 the status the access log records) and the task a route put under
 ``CANCEL_ON_DISCONNECT`` is cancelled, so its upstream call stops at once.
 
-**One write per answer.** uvicorn writes a response's status line and headers
-the moment the app sends ``http.response.start`` and the body on the next
-message: two system calls per answer. On loopback and on virtual machines a
-write is among the dearest things the gateway does (it runs the receiver's TCP
-path and often wakes another CPU), so the head waits for the rest of the loop
-turn: an answer whose body follows in the same turn (every JSON answer, a
-stream's first event) leaves in one write. A head whose body comes later goes
-out on the next turn by itself.
-
-It also hands the app a weak reference to the request's own cycle, whose
-``send`` a stream's body frames use to skip the framework's send wrappers
-(``SERVER_SEND`` in the scope; see gateway/streaming.py).
+**The framework bypasses** (gateway/fastpath.py). ``HttpProtocol`` is the
+edge's protocol with ``ServerBypasses``: a response head waits for the rest of
+the loop turn, so head and body leave in one write, and each request finds its
+own ``send`` in its scope for a stream's body frames. ``EdgeProtocol`` is the
+same without them, what ``protocol_for`` serves when they are switched off.
 """
 
 from __future__ import annotations
@@ -44,26 +37,25 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import weakref
 from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gateway import fastpath
 from gateway.config import ServerConfig
 from gateway.disconnect import CANCEL_ON_DISCONNECT, CLIENT_GONE
 from gateway.edge import LINGER_SECONDS, Edge, default_edge
-from gateway.streaming import SERVER_SEND
 
 log = logging.getLogger("gateway.server")
 
-_HEAD_START = b"HTTP/1.1 "  # how uvicorn begins every head it writes (also for HTTP/1.0 clients)
 
-
-def protocol_for(server: ServerConfig) -> functools.partial[HttpProtocol]:
-    """What uvicorn's ``http=`` takes to serve with ``server``'s limits (picklable, so
-    it also reaches the workers of ``--workers N``)."""
-    return functools.partial(HttpProtocol, edge=Edge.from_config(server))
+def protocol_for(server: ServerConfig) -> functools.partial[EdgeProtocol]:
+    """What uvicorn's ``http=`` takes to serve with ``server``'s limits, with the
+    framework bypasses or without (picklable, so it also reaches the workers of
+    ``--workers N``)."""
+    protocol = HttpProtocol if fastpath.enabled(server) else EdgeProtocol
+    return functools.partial(protocol, edge=Edge.from_config(server))
 
 
 class _Refused(Exception):
@@ -73,54 +65,14 @@ class _Refused(Exception):
         self.response, self.status = response, status
 
 
-class _HeadHoldingTransport:
-    """The connection's transport as the protocol sees it; only ``write`` and
-    ``close`` differ, everything else is the transport's own."""
-
-    __slots__ = ("_call_soon", "_held", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._call_soon = loop.call_soon
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.write(held + data)
-        elif data.startswith(_HEAD_START):
-            self._held = data
-            self._call_soon(self._release)
-        else:
-            self._transport.write(data)
-
-    def _release(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            self._transport.write(held)
-
-    def close(self) -> None:
-        # Closing flushes what the transport buffers; what is held here goes first.
-        self._release()
-        self._transport.close()
-
-    def is_closing(self) -> bool:  # asked on every request: spare it the __getattr__
-        return self._transport.is_closing()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 # What the connection waits for. IDLE: the first byte of a request (after an answer);
 # HEAD: the rest of a head (a new connection starts here); BODY: the rest of a body;
 # LINGER: nothing, it was refused and is dropping what still arrives.
 _IDLE, _HEAD, _BODY, _LINGER = range(4)
 
 
-class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with the edge's limits, writing through a
-    ``_HeadHoldingTransport``, with each request's own ``send`` in its scope.
+class EdgeProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the edge's limits.
 
     ``data_received``, ``on_header`` and ``on_response_complete`` replace
     uvicorn's (each is uvicorn's, plus the counting); the rest extends it.
@@ -149,8 +101,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
         self._raw: asyncio.Transport = transport  # type: ignore[assignment]
-        held = _HeadHoldingTransport(transport, self.loop)  # type: ignore[arg-type]
-        super().connection_made(held)  # type: ignore[arg-type]
+        super().connection_made(self._transport_for(self._raw))
         self._head_since = self._time()  # a new connection's first head is timed from here
         self._timer = self.loop.call_later(self._edge.tick, self._on_timer)
         if len(self.connections) > self._edge.max_connections:
@@ -164,6 +115,13 @@ class HttpProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             self._client_gone(cycle, 0 if cycle.response_started else 499)
         super().connection_lost(exc)
+
+    def _transport_for(self, transport: asyncio.Transport) -> Any:
+        """What the protocol writes through (``ServerBypasses`` holds heads)."""
+        return transport
+
+    def _release_held(self) -> None:
+        """Write what ``_transport_for``'s transport holds back, before a refusal."""
 
     def _client_gone(self, cycle: Any, status: int) -> None:
         """The request of ``cycle`` lost its client: say so in its scope (the status the
@@ -262,14 +220,6 @@ class HttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._state = _BODY
         super().on_headers_complete()
-        # The new request's cycle holds this very scope (an upgrade returns before
-        # making one); its task has not run yet, so the app sees the key from the start.
-        # Held weakly: scope -> cycle -> scope would make every request's cycle garbage
-        # for the collector (measured: 10-20% more CPU per request). A weak reference to
-        # the cycle, not a WeakMethod of its send: 0.1 against 0.75 µs, on every request.
-        cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:
-            self.scope[SERVER_SEND] = weakref.ref(cycle)
 
     def on_message_complete(self) -> None:
         self._state = _IDLE
@@ -356,7 +306,7 @@ class HttpProtocol(HttpToolsProtocol):
                 return
             self._client_gone(cycle, status)  # this very request is refused
         log.debug("refused %s with %d", self.client, status)
-        self.transport._release()  # type: ignore[attr-defined]  # nothing held goes after it
+        self._release_held()  # nothing held goes after it
         transport.write(response)
         if not transport.can_write_eof():
             transport.close()
@@ -366,3 +316,8 @@ class HttpProtocol(HttpToolsProtocol):
         if self._timer is not None:
             self._timer.cancel()
         self._timer = self.loop.call_later(LINGER_SECONDS, self._on_timer)
+
+
+class HttpProtocol(fastpath.ServerBypasses, EdgeProtocol):
+    """The edge's protocol with the framework bypasses (gateway/fastpath.py): one
+    write per answer, and each request's own ``send`` in its scope."""

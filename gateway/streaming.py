@@ -35,17 +35,15 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, UpstreamUnavailable
+from gateway.fastpath import body_send
 
 log = logging.getLogger("gateway.streaming")
 
-# Where a server may put a weak reference to an object whose ``send`` is its own ASGI
-# send for the request (gateway/server.py does); body frames then skip the
-# framework's send wrappers.
-SERVER_SEND = "gateway.server_send"
+_HEADERS = {"cache-control": "no-store", "x-accel-buffering": "no"}
 
 
 class StreamState:
@@ -62,7 +60,7 @@ class StreamState:
 _PING = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
 
 
-class EventStreamResponse(Response):
+class EventStreamResponse(StreamingResponse):
     """A lean event stream: one task relays, the request's task waits for it.
 
     Beside the relay, ONE task per stream waits for the client to go away (uvicorn
@@ -73,7 +71,9 @@ class EventStreamResponse(Response):
 
     ``encode`` turns a chunk into its frame (None: nothing to send for it);
     ``error_frame`` renders a failure after the headers, ``error_response`` one
-    before them; ``done_frame`` ends a complete stream.
+    before them; ``done_frame`` ends a complete stream. Made by Starlette's own
+    ``StreamingResponse`` initialiser (gateway/fastpath.py says why); the serving
+    (``__call__``) is this class's.
     """
 
     media_type = "text/event-stream"
@@ -90,9 +90,7 @@ class EventStreamResponse(Response):
         commit_after: float,
         keepalive: float,
     ) -> None:
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"cache-control": "no-store", "x-accel-buffering": "no"})
+        super().__init__(chunks, headers=_HEADERS)
         self._chunks, self._encode = chunks, encode
         self._error_frame, self._error_response = error_frame, error_response
         self._done_frame = done_frame
@@ -150,12 +148,9 @@ class EventStreamResponse(Response):
 
         watcher = asyncio.create_task(watch())
         encode = self._encode
-        # Body frames go straight to the server's send when it offers it: the framework's
-        # wrappers of send (three coroutines a message) only act on the response's start,
-        # which still goes through them, as does every frame when served otherwise.
-        server = scope.get(SERVER_SEND)
-        request = server() if server is not None else None
-        send_body = request.send if request is not None else send
+        # Body frames go straight to the server's send when it offers it (a framework
+        # bypass, gateway/fastpath.py); the start and the last frame go through ``send``.
+        send_body = body_send(scope, send)
         error: GatewayError | None = None
         try:
             try:

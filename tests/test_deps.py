@@ -132,7 +132,10 @@ def test_a_body_full_of_bad_items_is_one_error(
 
 def test_too_many_tiny_messages_in_a_full_body_is_400(client: TestClient) -> None:
     body = filled(
-        b'{"model":"mock-chat","messages":[', b'{"role":"user"}', b"]}", DEFAULT_LIMIT - 1024
+        b'{"model":"mock-chat","messages":[',
+        b'{"role":"user","content":""}',
+        b"]}",
+        DEFAULT_LIMIT - 1024,
     )
     response = post(client, "/v1/chat/completions", body)
     assert response.status_code == 400

@@ -14,8 +14,9 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn.server import ServerState
 
+from gateway.fastpath import SERVER_SEND
 from gateway.server import HttpProtocol
-from gateway.streaming import SERVER_SEND, EventStreamResponse, StreamState
+from gateway.streaming import EventStreamResponse, StreamState
 
 REQUEST = b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}"
 

@@ -17,10 +17,15 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from gateway.api.handlers import validation_error
 from gateway.config import Limits
 from gateway.deps import GatekeeperDep, ResourcesDep, presented_key
-from gateway.errors import AdminDisabled, InvalidAPIKey, InvalidRequest, RequestTooLarge
+from gateway.errors import (
+    AdminDisabled,
+    InvalidAPIKey,
+    InvalidRequest,
+    RequestTooLarge,
+    validation_error,
+)
 from gateway.limits.keys import KeyRecord, as_utc
 from gateway.schemas.admin import (
     KeyCreate,

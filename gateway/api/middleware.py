@@ -1,12 +1,14 @@
 """The request context, as pure ASGI middleware (no ``BaseHTTPMiddleware`` on the hot path).
 
 For every HTTP request it settles the request id (the client's ``x-request-id``
-when it is sane, else a new one) and echoes it, adds what the request's
-admission and routing set (rate-limit headers, ``x-gateway-served-by``) to
-whatever answer it gets, success or error, refuses bodies over
+when it is sane, else a new one) and echoes it, picks the codec of the
+request's ingress by its path (gateway/ingress/) and leaves it in the scope,
+adds what the request's admission and routing set (the rate-limit headers the
+codec renders from the admission's ``LimitsState``, ``x-gateway-served-by``)
+to whatever answer it gets, success or error, refuses bodies over
 ``max_body_bytes`` with 413 before anything parses them, answers an
-unexpected error with the 500 envelope (logged once, with the request id), and
-writes the one access-log line when the response is done.
+unexpected error with the 500 in the ingress's envelope (logged once, with the
+request id), and writes the one access-log line when the response is done.
 
 A client that leaves before its answer is complete is an outcome, not an error
 (docs/architecture.md, "Disconnects"): no traceback, no ERROR line, the access
@@ -20,16 +22,17 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import disconnect
-from gateway.api.handlers import error_response, internal_error
+from gateway.api.handlers import internal_error
 from gateway.disconnect import CANCEL_ON_DISCONNECT, CLIENT_GONE
 from gateway.errors import RequestTooLarge
 from gateway.ids import new_id
+from gateway.ingress import SCOPE_KEY, Codec, codec_for
 from gateway.observability.logging import AccessLog, AccessRecord
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
@@ -40,10 +43,18 @@ def _too_large(limit: int) -> RequestTooLarge:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: AccessLog) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        access_log: AccessLog,
+        ingress: Callable[[str], Codec] = codec_for,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.access_log = access_log
+        self.ingress = ingress  # a path -> the codec of the ingress that serves it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,8 +70,10 @@ class RequestContextMiddleware:
         if not request_id:
             request_id = new_id().encode()
         id_header = (b"x-request-id", request_id)
-        record = AccessRecord(request_id.decode(), scope["method"], scope["path"])
+        path = scope["path"]
+        record = AccessRecord(request_id.decode(), scope["method"], path)
         scope["gateway.access"] = record
+        scope[SCOPE_KEY] = codec = self.ingress(path)
         disconnect.bind(scope)
         started = time.perf_counter()
 
@@ -72,15 +85,15 @@ class RequestContextMiddleware:
                 headers = [*message.get("headers", ()), id_header]
                 if record.served_by is not None:
                     headers.append((b"x-gateway-served-by", record.served_by.encode()))
-                if record.headers:
-                    headers += [(k.encode(), v.encode()) for k, v in record.headers.items()]
+                if record.limits is not None:
+                    headers += codec.rate_headers(record.limits)  # type: ignore[arg-type]
                 message["headers"] = headers
             return send(message)
 
         limit = self.max_body_bytes
         try:
             if length > limit:
-                refusal = error_response(_too_large(limit), {"connection": "close"})
+                refusal = codec.error_response(_too_large(limit), {"connection": "close"})
                 await refusal(scope, receive, send_with_id)
                 return
             if length < 0:  # chunked: count as it arrives
@@ -100,7 +113,7 @@ class RequestContextMiddleware:
             # request id and its access-log line, and is logged once.
             if record.status:  # the response has begun: nothing left to answer with
                 raise
-            await internal_error(record.request_id, exc)(scope, receive, send_with_id)
+            await internal_error(record.request_id, exc, codec)(scope, receive, send_with_id)
         finally:
             gone = scope.get(CLIENT_GONE)
             if gone is not None:

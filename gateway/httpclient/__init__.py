@@ -28,7 +28,9 @@ when the transport is closing.
 
 Modules: ``connection`` (one HTTP/1.1 connection as an asyncio Protocol, and a
 body streamed from it), ``pool`` (keep-alive connections to one origin),
-``transport`` (the ``httpx`` transport over them).
+``transport`` (the ``httpx`` transport over them). Beside them, ``aiohttp``
+holds ``AiohttpTransport``, the alternative a provider's ``transport: aiohttp``
+picks; it is imported only then.
 """
 
 from gateway.httpclient.transport import EAGER_BODY_MAX, LeanTransport

@@ -20,12 +20,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from gateway.config import Limits
-from gateway.errors import QuotaExceeded, RateLimited, TooManyInFlight
+from gateway.errors import GatewayError, QuotaExceeded, RateLimited, TooManyInFlight
 from gateway.limits.keys import KeyRecord
 from gateway.schemas.admin import UsageDoc
 
@@ -42,6 +42,26 @@ class Admission:
 
 
 @dataclass(slots=True)
+class LimitsState:
+    """Where a key stands against its rpm and tpm once ``admit`` has decided.
+
+    Neutral of any wire format: admission hands it over on the ``Grant`` and on
+    a refusal (the error's ``limits``), and the client's ingress renders it at
+    the edge (OpenAI's ``x-ratelimit-*`` headers, Anthropic's
+    ``anthropic-ratelimit-*``). A limit of None: the key has none. ``used``
+    counts this request when it was admitted; a reset is how many ms until the
+    oldest use counted leaves the window.
+    """
+
+    rpm_limit: int | None
+    rpm_used: int
+    rpm_reset_ms: float
+    tpm_limit: int | None
+    tpm_used: int
+    tpm_reset_ms: float
+
+
+@dataclass(slots=True)
 class Grant:
     """What ``admit`` took, so ``settle`` can give back exactly that."""
 
@@ -55,17 +75,37 @@ class Grant:
     local: bool = False  # admitted by the per-process fallback while the store was down
     # ... because the store's admit failed: it may have run, its reply lost on the way.
     unsure: bool = False
-    headers: dict[str, str] = field(default_factory=dict)
+    limits: LimitsState | None = None  # where the key stands, for the answer's headers
+
+
+class TokenCounts(NamedTuple):
+    """The tokens one call used, in OpenAI's convention (docs/limits.md, "Usage").
+
+    ``input`` is every prompt token: those read from the provider's prompt cache
+    (``cache_read``) and written to it (``cache_write``) are parts of it, counted
+    apart because they are priced apart. ``output`` includes reasoning tokens.
+    A tuple: made once per call, as cheaply as the pair it replaced.
+    """
+
+    input: int
+    output: int
+    cache_read: int = 0
+    cache_write: int = 0
 
 
 @dataclass(slots=True, frozen=True)
 class UsageEvent:
+    """What one settled request used, as ``TokenCounts`` has it: ``input_tokens``
+    includes the cache reads and writes that are also counted apart."""
+
     model: str
     input_tokens: int
     output_tokens: int
     cost: float
     error: bool
     day: str  # UTC, YYYY-MM-DD
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class Store(Protocol):
@@ -124,37 +164,6 @@ def today() -> str:
     return spend_periods()[0][1:]
 
 
-def duration(ms: float) -> str:
-    """OpenAI's reset duration form: ``20ms``, ``1s``, ``6m0s``."""
-    if ms <= 0:
-        return "0s"
-    if ms < 1000:
-        return f"{math.ceil(ms)}ms"
-    seconds = math.ceil(ms / 1000)
-    minutes, seconds = divmod(seconds, 60)
-    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
-
-
-def rate_headers(
-    limits: Limits,
-    *,
-    requests_used: int,
-    requests_reset_ms: float,
-    tokens_used: int,
-    tokens_reset_ms: float,
-) -> dict[str, str]:
-    headers = {}
-    if limits.rpm:
-        headers["x-ratelimit-limit-requests"] = str(limits.rpm)
-        headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - requests_used))
-        headers["x-ratelimit-reset-requests"] = duration(requests_reset_ms)
-    if limits.tpm:
-        headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
-        headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - tokens_used))
-        headers["x-ratelimit-reset-tokens"] = duration(tokens_reset_ms)
-    return headers
-
-
 # Why admit refused, as both backends report it. BUDGET: settled spend reached the
 # budget; BUDGET_HELD: below it, but the reservations of requests in flight fill the rest.
 REFUSED_RPM, REFUSED_TPM, REFUSED_TOO_LARGE, REFUSED_PARALLEL = 1, 2, 3, 4
@@ -169,34 +178,36 @@ def lease_renew_seconds(lease_ttl_ms: float) -> float:
 
 
 def refusal(
-    reason: int, limits: Limits, admission: Admission, retry_ms: float, headers: dict[str, str]
-) -> Exception:
-    """The error for a refused admission, with Retry-After and the rate-limit headers."""
+    reason: int, limits: Limits, admission: Admission, retry_ms: float, state: LimitsState
+) -> GatewayError:
+    """The error for a refused admission, with Retry-After and where the key stands."""
+    error = _refusal(reason, limits, admission, retry_ms)
+    error.limits = state
+    return error
+
+
+def _refusal(reason: int, limits: Limits, admission: Admission, retry_ms: float) -> GatewayError:
     retry = max(1.0, retry_ms / 1000)
     if reason == REFUSED_RPM:
         return RateLimited(
             f"Rate limit reached: {limits.rpm} requests per minute. Retry after {math.ceil(retry)}s.",
             retry_after=retry,
-            headers=headers,
         )
     if reason == REFUSED_TPM:
         return RateLimited(
             f"Rate limit reached: {limits.tpm} tokens per minute "
             f"(this request reserves {admission.tokens}). Retry after {math.ceil(retry)}s.",
             retry_after=retry,
-            headers=headers,
         )
     if reason == REFUSED_PARALLEL:
         return TooManyInFlight(
             f"Too many requests in flight: at most {limits.max_parallel} at once for this key.",
             retry_after=retry,
-            headers=headers,
         )
     if reason == REFUSED_TOO_LARGE:
         return QuotaExceeded(
             f"This request reserves {admission.tokens} tokens, more than the key's whole "
             f"limit of {limits.tpm} tokens per minute; lower max_tokens.",
-            headers=headers,
         )
     period = limits.budget_period or "total"
     if reason == REFUSED_BUDGET_HELD:
@@ -205,9 +216,5 @@ def refusal(
             "reservations of its requests in flight; it frees as they finish. "
             f"Retry after {math.ceil(retry)}s.",
             retry_after=retry,
-            headers=headers,
         )
-    return QuotaExceeded(
-        f"The key's budget of ${limits.budget_usd} per {period} is used up.",
-        headers=headers,
-    )
+    return QuotaExceeded(f"The key's budget of ${limits.budget_usd} per {period} is used up.")

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from gateway.limits.base import LEASE_TTL_MS, Admission, Grant, UsageEvent, spend_periods
 from gateway.limits.keys import KeyNameTaken, KeyRecord
 from gateway.limits.local import LocalLimiter
-from gateway.limits.usage import UsageTable, usage_doc
+from gateway.limits.usage import COUNTERS, UsageTable, usage_doc
 from gateway.schemas.admin import UsageDoc
 
 log = logging.getLogger("gateway.limits")
@@ -47,21 +47,41 @@ CREATE TABLE IF NOT EXISTS usage (
     output_tokens INTEGER NOT NULL DEFAULT 0,
     cost_usd REAL NOT NULL DEFAULT 0,
     errors INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (key_id, day, model)
 );
 CREATE TABLE IF NOT EXISTS last_used (key_id TEXT PRIMARY KEY, at TEXT NOT NULL);
 """
 
-_UPSERT_USAGE = """
-INSERT INTO usage (key_id, day, model, requests, input_tokens, output_tokens, cost_usd, errors)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+# Columns a database made by an earlier version lacks, added when it is opened.
+_ADDED_USAGE_COLUMNS = {
+    "cache_read_tokens": "INTEGER NOT NULL DEFAULT 0",
+    "cache_write_tokens": "INTEGER NOT NULL DEFAULT 0",
+}
+# The usage columns in the order ``UsageTable.rows()`` and ``usage_doc`` use.
+_USAGE_COUNTERS = ", ".join(COUNTERS)
+
+_UPSERT_USAGE = f"""
+INSERT INTO usage (key_id, day, model, {_USAGE_COUNTERS})
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key_id, day, model) DO UPDATE SET
     requests = requests + excluded.requests,
     input_tokens = input_tokens + excluded.input_tokens,
     output_tokens = output_tokens + excluded.output_tokens,
     cost_usd = cost_usd + excluded.cost_usd,
-    errors = errors + excluded.errors
+    errors = errors + excluded.errors,
+    cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+    cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens
 """
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a usage table made by an earlier version up to this one's columns."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(usage)")}
+    for column, kind in _ADDED_USAGE_COLUMNS.items():
+        if column not in present:
+            db.execute(f"ALTER TABLE usage ADD COLUMN {column} {kind}")
 
 
 def default_data_dir() -> Path:
@@ -127,6 +147,7 @@ class EmbeddedStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        _migrate(db)
         self._db = db
         for key_id, at in db.execute("SELECT key_id, at FROM last_used"):
             self._last_used[key_id] = datetime.fromisoformat(at)
@@ -317,8 +338,7 @@ class EmbeddedStore:
         def read() -> list[tuple]:
             assert self._db is not None
             return self._db.execute(
-                "SELECT day, model, requests, input_tokens, output_tokens, cost_usd, errors"
-                " FROM usage WHERE key_id = ?",
+                f"SELECT day, model, {_USAGE_COUNTERS} FROM usage WHERE key_id = ?",
                 (key_id,),
             ).fetchall()
 

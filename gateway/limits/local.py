@@ -27,9 +27,9 @@ from gateway.limits.base import (
     WINDOW_MS,
     Admission,
     Grant,
+    LimitsState,
     UsageEvent,
     budget_period,
-    rate_headers,
     refusal,
     spend_periods,
 )
@@ -118,7 +118,7 @@ class LocalLimiter:
                 del buckets[old]
             used_tokens = sum(buckets.values())
             if refused:
-                pass  # counted for the headers only
+                pass  # counted for the limits state only
             elif admission.tokens > limits.tpm:
                 refused = REFUSED_TOO_LARGE
             elif used_tokens + admission.tokens > limits.tpm:
@@ -147,14 +147,10 @@ class LocalLimiter:
                 refused, retry_ms = REFUSED_BUDGET_HELD, IN_FLIGHT_RETRY_MS
 
         if refused:
-            headers = rate_headers(
-                limits,
-                requests_used=used_requests,
-                requests_reset_ms=requests_reset,
-                tokens_used=used_tokens,
-                tokens_reset_ms=tokens_reset,
+            state = LimitsState(
+                limits.rpm, used_requests, requests_reset, limits.tpm, used_tokens, tokens_reset
             )
-            raise refusal(refused, limits, admission, retry_ms, headers)
+            raise refusal(refused, limits, admission, retry_ms, state)
 
         ticket = admission.request_id
         grant = Grant(key_id=kid, request_id=ticket)
@@ -176,12 +172,8 @@ class LocalLimiter:
                 held = self._held.setdefault(kid, {})
                 held[period] = held.get(period, 0.0) + admission.cost
                 grant.cost = admission.cost
-        grant.headers = rate_headers(
-            limits,
-            requests_used=used_requests,
-            requests_reset_ms=requests_reset,
-            tokens_used=used_tokens,
-            tokens_reset_ms=tokens_reset,
+        grant.limits = LimitsState(
+            limits.rpm, used_requests, requests_reset, limits.tpm, used_tokens, tokens_reset
         )
         return grant
 

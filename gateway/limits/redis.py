@@ -27,9 +27,9 @@ from gateway.limits.base import (
     LEASE_TTL_MS,
     Admission,
     Grant,
+    LimitsState,
     UsageEvent,
     budget_period,
-    rate_headers,
     refusal,
 )
 from gateway.limits.keys import KeyRecord
@@ -38,6 +38,8 @@ from gateway.limits.redis_keys import KeyWrites, record_from_redis
 from gateway.limits.resp import RedisConnection, RedisDown, ReplyError, Script
 from gateway.limits.usage import COUNTERS, usage_doc
 from gateway.schemas.admin import UsageDoc
+
+_COUNTER_INDEX = {counter: i for i, counter in enumerate(COUNTERS)}
 
 log = logging.getLogger("gateway.limits")
 
@@ -327,16 +329,10 @@ class RedisStore:
             grant.unsure = True
             return grant
         refused, retry_ms, used_req, req_reset, used_tok, tok_reset, bucket = answer
-        headers = rate_headers(
-            limits,
-            requests_used=used_req,
-            requests_reset_ms=req_reset,
-            tokens_used=used_tok,
-            tokens_reset_ms=tok_reset,
-        )
+        state = LimitsState(limits.rpm, used_req, req_reset, limits.tpm, used_tok, tok_reset)
         if refused:
-            raise refusal(refused, limits, admission, retry_ms, headers)
-        grant = Grant(key_id=admission.key.id, request_id=admission.request_id, headers=headers)
+            raise refusal(refused, limits, admission, retry_ms, state)
+        grant = Grant(key_id=admission.key.id, request_id=admission.request_id, limits=state)
         if limits.tpm:
             grant.tokens, grant.bucket = admission.tokens, bucket
         # As admit_v3 decides: a lease for max_parallel, or for a reservation to ride on.
@@ -411,8 +407,10 @@ class RedisStore:
         for field, value in zip(flat[::2], flat[1::2], strict=True):
             day, rest = field.decode().split("|", 1)
             model, counter = rest.rsplit("|", 1)
-            row = rows.setdefault((day, model), [0, 0, 0, 0.0, 0])
-            index = COUNTERS.index(counter)
+            index = _COUNTER_INDEX.get(counter)
+            if index is None:
+                continue  # a counter of a later version, written by one of its instances
+            row = rows.setdefault((day, model), [0, 0, 0, 0.0, 0, 0, 0])
             row[index] = float(value) if counter == "cost_usd" else int(value)
         return usage_doc(key_id, [(day, model, *c) for (day, model), c in rows.items()])
 
@@ -434,4 +432,6 @@ def _settle_args(grant: Grant, usage: UsageEvent) -> list[object]:
         1 if usage.error else 0,
         day_period,
         month_period,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
     ]

@@ -101,8 +101,16 @@ class AccessRecord:
     # Why an upstream call failed (errors.Reason), and the status it answered with.
     reason: str | None = None
     upstream_status: int | None = None
-    # The admitted key's rate-limit headers, which every answer after admission carries.
-    headers: dict[str, str] | None = None
+    # Where the key stands against its limits once admission decided (a LimitsState of
+    # gateway/limits/base.py): the ingress renders it on every answer after admission.
+    limits: object | None = None
+
+    def failed(self, error: object) -> None:
+        """Put why an upstream call failed (a GatewayError's ``reason`` and
+        ``upstream_status``) on the line; called once, where the error is rendered."""
+        reason = getattr(error, "reason", None)
+        if reason is not None:
+            self.reason, self.upstream_status = reason, getattr(error, "upstream_status", None)
 
     def line(self, latency_ms: float) -> str:
         """The record as ``name=value`` fields, every text value escaped (``escape``).

@@ -4,15 +4,19 @@ A provider speaks one upstream API. It gets its HTTP client from the outside
 (``transport.Upstream``), receives the gateway's canonical (OpenAI-shaped)
 request models, and answers with canonical models or typed ``GatewayError``s.
 It imports nothing of FastAPI and no vendor SDK.
+
+Chat is what every provider does; embeddings are an optional capability
+(``EmbeddingProvider``), asked with ``supports_embeddings``. A provider that
+calls an HTTP API builds on ``providers/http.py``'s ``HTTPProvider``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 from gateway.config import Deployment, ProviderConfig, Timeouts
 from gateway.schemas.openai import (
@@ -26,7 +30,9 @@ from gateway.schemas.openai import (
 __all__ = [
     "CallContext",
     "ChunkStream",
+    "EmbeddingProvider",
     "Provider",
+    "supports_embeddings",
 ]
 
 
@@ -36,6 +42,9 @@ class CallContext:
 
     request_id: str
     deployment: Deployment
+    # Headers of the client's request that an adapter may forward upstream (e.g.
+    # anthropic-beta), lower-case names; set by the ingress that has them, else None.
+    client_headers: Mapping[str, str] | None = None
 
     @property
     def timeouts(self) -> Timeouts:
@@ -50,7 +59,7 @@ ChunkStream = AsyncIterator[ChatCompletionChunk]
 
 @runtime_checkable
 class Provider(Protocol):
-    """One upstream API.
+    """One upstream API: chat, streamed or not.
 
     ``stream()`` opens the upstream call on entry (raising its error there, so
     the gateway can still retry or answer with a status) and closes it on exit,
@@ -65,9 +74,24 @@ class Provider(Protocol):
         self, request: ChatCompletionRequest, ctx: CallContext
     ) -> AbstractAsyncContextManager[ChunkStream]: ...
 
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class EmbeddingProvider(Provider, Protocol):
+    """A provider that also serves embeddings."""
+
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse: ...
 
-    async def aclose(self) -> None: ...
+
+def supports_embeddings(provider: Provider) -> TypeGuard[EmbeddingProvider]:
+    """Whether ``provider`` serves embeddings: it has an ``embed`` method.
+
+    A plain attribute look-up (~0.1 µs), cheap enough to ask per request;
+    ``isinstance(provider, EmbeddingProvider)`` would check every member of the
+    protocol each time.
+    """
+    return callable(getattr(provider, "embed", None))
 
 
 class ProviderFactory(Protocol):

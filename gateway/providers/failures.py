@@ -5,6 +5,12 @@ happened in the gateway's own words, and its ``reason`` (one word of
 ``errors.Reason``) goes to the access log. Nothing of an exception's text or
 an upstream's body reaches a client unless it is a refusal of the request
 itself, and then only cleaned of the provider's secrets (``redact.py``).
+
+What is the same for every provider lives here: transport failures, the
+status -> error mapping with its relayed message (``status_error``),
+Retry-After and malformed answers. Reading a provider's error body is the
+provider's own (``parse_error`` in its module, e.g. openai.py's
+``error_from_response``), and ends in ``status_error``.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import re
 import socket
 import ssl
 from datetime import UTC, datetime
@@ -33,10 +38,13 @@ from gateway.errors import (
 from gateway.providers.redact import Redactor
 
 __all__ = [
-    "error_from_response",
+    "MESSAGE_LIMIT",
+    "clean_field",
+    "json_body",
     "malformed",
     "parse_retry_after",
     "raise_transport_error",
+    "status_error",
     "transport_error",
 ]
 
@@ -129,53 +137,44 @@ _UNREACHABLE = frozenset({errno.EHOSTUNREACH, errno.ENETUNREACH})
 MESSAGE_LIMIT = 500
 _FIELD_LIMIT = 100  # the upstream's error type, code and param
 
+# The statuses that refuse the request itself: the only ones whose text a client sees.
+_RELAYED = frozenset({400, 404, 413, 422})
 
-def _str(value: object, redactor: Redactor) -> str | None:
+
+def json_body(body: bytes) -> object:
+    """An error body parsed as JSON, or None: not JSON, text in no Unicode, or nested
+    absurdly (an upstream's error body is untrusted input)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def clean_field(value: object, redactor: Redactor) -> str | None:
+    """An upstream's error type, code or param as a client may see it: a short string
+    cleaned of the provider's secrets, or None."""
     return redactor.clean(value, _FIELD_LIMIT) if isinstance(value, str) and value else None
 
 
-def error_from_response(
+def status_error(
     status: int,
-    body: bytes,
     headers: httpx.Headers,
     redactor: Redactor,
     *,
-    route: str | None = None,
+    message: str = "",
+    body: bytes = b"",
+    error_type: object = None,
+    code: object = None,
+    param: object = None,
 ) -> UpstreamError:
-    """An OpenAI-style error answer -> the gateway error for it.
+    """What every provider's error parser ends with, once it has read its body.
 
-    The upstream's words reach the client only for a refusal of the request
-    (400/404/413/422), cleaned of the provider's secrets. ``route`` (``POST
-    /chat/completions``) is the call's route: a 404 there that is not an error
-    about a model means the route itself is missing (``_missing_route``), most
-    likely a ``base_url`` without ``/v1``, and the 502 says so.
+    ``message`` (the provider's own words, if its body had them; else the start of
+    ``body`` as text) reaches the client only for a refusal of the request
+    (400, 404, 413, 422), and only cleaned of the provider's secrets and cut to
+    ``MESSAGE_LIMIT``. The status picks the error (``errors.upstream_status_error``),
+    and the upstream's Retry-After comes along.
     """
-    message, error_type, code, param = "", None, None, None
-    structured = False  # an error object: {"error": {...}}, or vLLM's {"object": "error"}
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON (or text in no Unicode), or nested absurdly
-        parsed = None
-    if isinstance(parsed, dict):
-        error = parsed.get("error")
-        if isinstance(error, dict):
-            structured = True
-            message = str(error.get("message") or "")
-            error_type, code, param = error.get("type"), error.get("code"), error.get("param")
-        elif isinstance(error, str):
-            message = error
-        elif isinstance(parsed.get("message"), str):  # vLLM: {"object": "error", "message": ...}
-            structured = parsed.get("object") == "error"
-            message, error_type = parsed["message"], parsed.get("type")
-    if route is not None and status == 404 and _missing_route(message, code, structured):
-        hint = (
-            "is the provider's base_url missing '/v1'?"
-            if "/v1/" not in route
-            else "is the provider's base_url right?"
-        )
-        error_404 = UpstreamUnavailable(f"the upstream answered 404 for {route}: {hint}")
-        error_404.reason, error_404.upstream_status = Reason.UPSTREAM_STATUS, status
-        return error_404
     if status in _RELAYED:
         if not message:
             message = body[: MESSAGE_LIMIT * 4].decode("utf-8", "replace").strip()
@@ -183,30 +182,11 @@ def error_from_response(
     return upstream_status_error(
         status,
         message,
-        error_type=_str(error_type, redactor),
-        code=_str(code, redactor),
-        param=_str(param, redactor),
+        error_type=clean_field(error_type, redactor),
+        code=clean_field(code, redactor),
+        param=clean_field(param, redactor),
         retry_after=parse_retry_after(headers),
     )
-
-
-_RELAYED = frozenset({400, 404, 413, 422})
-
-
-# What servers say when the path does not exist: OpenAI's "Invalid URL (POST /x)", the
-# mock upstream's "no route POST /x", LM Studio's "Unexpected endpoint", Express's
-# "Cannot POST /x".
-_ROUTE_WORDS = re.compile(
-    r"invalid url|no route|unknown (request )?url|unexpected endpoint|cannot post", re.IGNORECASE
-)
-
-
-def _missing_route(message: str, code: object, structured: bool) -> bool:
-    """Whether a 404 says the route is missing, rather than something about the request
-    (an unknown model, or any error object a server chose to answer 404 with)."""
-    if code == "model_not_found" or "model" in message.lower():
-        return False
-    return not structured or _ROUTE_WORDS.search(message) is not None
 
 
 def parse_retry_after(headers: httpx.Headers) -> float | None:

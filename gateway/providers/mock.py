@@ -35,6 +35,7 @@ from gateway.errors import (
     upstream_status_error,
 )
 from gateway.providers.base import CallContext
+from gateway.schemas.messages import TextPart
 from gateway.schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -166,8 +167,9 @@ _NO_SCRIPT = MockScript()
 def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    if isinstance(content, list):  # typed parts: only text parts have text (a part of
+        # an unknown type may carry a "text" of any JSON type)
+        return " ".join(p.text for p in content if isinstance(p, TextPart))
     return ""
 
 

@@ -1,24 +1,29 @@
 """OpenAI's API, and every server that speaks it (vLLM, Ollama, LM Studio, ...).
 
-Requests are forwarded as the client sent them, unknown fields included; only
-``model`` becomes the deployment's upstream name, and a stream always asks for
-usage (``stream_options.include_usage``) so the gateway can count it.
+An adapter on ``HTTPProvider`` (providers/http.py). Requests are forwarded as
+the client sent them, unknown fields included; only ``model`` becomes the
+deployment's upstream name, and a stream always asks for usage
+(``stream_options.include_usage``) so the gateway can count it. OpenAI-shaped
+error bodies are read here (``error_from_response``).
+
+A server with another URL scheme or key header (Azure OpenAI) subclasses this
+adapter and overrides ``chat_endpoint``/``embed_endpoint`` and ``auth_headers``.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import re
+from collections.abc import AsyncIterator, Mapping
 
 import httpx
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
 from gateway.config import ProviderConfig
-from gateway.errors import Reason, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import Reason, UpstreamError, UpstreamUnavailable
 from gateway.providers.base import CallContext
-from gateway.providers.failures import error_from_response, malformed, raise_transport_error
+from gateway.providers.failures import json_body, malformed, status_error
+from gateway.providers.http import Endpoint, HTTPProvider
 from gateway.providers.redact import Redactor
 from gateway.providers.sse import SSEEvent, SSEStream
 from gateway.schemas.openai import (
@@ -28,66 +33,30 @@ from gateway.schemas.openai import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
-from gateway.transport import Upstream, read_body
+from gateway.transport import Upstream
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-# Enough of an error body to show its message; the rest is not read.
-_ERROR_BODY_LIMIT = 64 * 1024
 
 
-class OpenAIProvider:
-    needs_http = True
+class OpenAIProvider(HTTPProvider):
+    default_base_url = DEFAULT_BASE_URL
 
     def __init__(self, name: str, config: ProviderConfig, upstream: Upstream) -> None:
-        self.name = name
-        self._upstream = upstream
-        base = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
-        self._chat_url = httpx.URL(f"{base}/chat/completions")
-        self._embed_url = httpx.URL(f"{base}/embeddings")
-        self._secret = config.api_key.get_secret_value() if config.api_key else None
-        # Every configured header may carry a credential (an org id, a proxy's key):
-        # all of them are kept out of what the upstream's errors relay.
-        self._redactor = Redactor([self._secret, *config.headers.values()])
-        # How a 404 names the call, without the host (nor any credential in its URL).
-        self._routes = {url: f"POST {url.path}" for url in (self._chat_url, self._embed_url)}
-        headers = {
-            "content-type": "application/json",
-            "accept-encoding": "identity",
-            **{k.lower(): v for k, v in config.headers.items()},
-        }
-        if self._secret:
-            headers["authorization"] = f"Bearer {self._secret}"
-        # Built once, with Host, as bytes: httpx.Request(stream=...) then takes them as
-        # they are (its documented path for transports) instead of normalising and
-        # auto-filling headers on every call, which cost ~30 µs of CPU a request.
-        self._headers = [(b"host", self._chat_url.netloc)] + [
-            (name.encode("ascii"), value.encode("ascii")) for name, value in headers.items()
-        ]
+        super().__init__(name, config, upstream)
+        self._chat = self.endpoint(f"{self.base_url}/chat/completions")
+        self._embed = self.endpoint(f"{self.base_url}/embeddings")
 
-    async def aclose(self) -> None:
-        return None  # the Upstream is the app's to close
+    def auth_headers(self, secret: str) -> Mapping[str, str]:
+        return {"authorization": f"Bearer {secret}"}
 
-    def _request(self, url: httpx.URL, body: bytes, ctx: CallContext) -> httpx.Request:
-        timeouts = ctx.timeouts
-        headers = [
-            *self._headers,
-            (b"content-length", b"%d" % len(body)),
-            (b"x-request-id", ctx.request_id.encode("ascii")),
-        ]
-        return httpx.Request(
-            "POST",
-            url,
-            headers=headers,
-            stream=httpx.ByteStream(body),
-            extensions={
-                "timeout": {
-                    "connect": timeouts.connect,
-                    "read": max(timeouts.first_token, timeouts.idle),
-                    "write": timeouts.idle,
-                    "pool": timeouts.connect,
-                }
-            },
-        )
+    def chat_endpoint(self, ctx: CallContext, *, stream: bool) -> Endpoint:
+        return self._chat
+
+    def embed_endpoint(self, ctx: CallContext) -> Endpoint:
+        return self._embed
+
+    def chat_body(self, request: ChatCompletionRequest, ctx: CallContext, *, stream: bool) -> bytes:
+        return self._body(request, ctx, stream=stream)
 
     def _body(self, request: BaseModel, ctx: CallContext, *, stream: bool | None = None) -> bytes:
         payload = request.model_dump(mode="json", exclude_unset=True)
@@ -99,96 +68,35 @@ class OpenAIProvider:
             payload["stream_options"] = {**options, "include_usage": True}
         return to_json(payload)
 
-    def _error(self, url: httpx.URL, response: httpx.Response, body: bytes) -> UpstreamError:
-        return error_from_response(
-            response.status_code,
-            body,
-            response.headers,
-            self._redactor,
-            route=self._routes.get(url),
-        )
-
-    async def _call(self, url: httpx.URL, body: bytes, ctx: CallContext) -> bytes:
-        """A non-streaming call: the answer's body, or the error it maps to."""
-        try:
-            async with asyncio.timeout(ctx.timeouts.total):
-                response = await self._upstream.send(self._request(url, body, ctx))
-                try:
-                    content = await read_body(response)
-                finally:
-                    await response.aclose()
-        except TimeoutError:  # asyncio's: the whole call's deadline
-            raise UpstreamTimeout(
-                "the upstream did not answer in time", reason=Reason.TIMEOUT_TOTAL
-            ) from None
-        except Exception as exc:
-            raise_transport_error(exc)
-        if response.status_code >= 400:
-            raise self._error(url, response, content)
-        return content
-
-    async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> ChatCompletion:
-        content = await self._call(self._chat_url, self._body(request, ctx, stream=False), ctx)
+    def chat_answer(self, content: bytes, ctx: CallContext) -> ChatCompletion:
         try:
             return ChatCompletion.model_validate_json(content)
         except ValidationError as exc:
             raise malformed(exc) from None
 
+    def chat_chunks(
+        self, raw: AsyncIterator[bytes], ctx: CallContext, deadline: float
+    ) -> SSEStream:
+        return _Chunks(raw, ctx, deadline)
+
+    def parse_error(
+        self, endpoint: Endpoint, response: httpx.Response, body: bytes
+    ) -> UpstreamError:
+        return error_from_response(
+            response.status_code, body, response.headers, self.redactor, route=endpoint.route
+        )
+
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
-        content = await self._call(self._embed_url, self._body(request, ctx), ctx)
+        content = await self.post(
+            self.embed_endpoint(ctx),
+            self._body(request, ctx),
+            ctx,
+            self.request_headers(request, ctx),
+        )
         try:
             return EmbeddingResponse.model_validate_json(content)
         except ValidationError as exc:
             raise malformed(exc) from None
-
-    @asynccontextmanager
-    async def stream(
-        self, request: ChatCompletionRequest, ctx: CallContext
-    ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
-        deadline = ctx.deadline()
-        http_request = self._request(self._chat_url, self._body(request, ctx, stream=True), ctx)
-        try:
-            async with asyncio.timeout(ctx.timeouts.first_token):
-                response = await self._upstream.send(http_request)
-        except Exception as exc:
-            raise_transport_error(exc)
-        try:
-            if response.status_code >= 400:
-                raise self._error(self._chat_url, response, await _read_some(response))
-            chunks = _Chunks(_raw_body(response), ctx, deadline)
-            try:
-                yield chunks
-            finally:
-                chunks.close()
-        finally:
-            await response.aclose()
-
-
-def _raw_body(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body as it arrives; one already read into memory (MockTransport, respx) is replayed."""
-    if response.is_stream_consumed:
-        return _replay(response.content)
-    # The transport's byte stream itself: httpx's aiter_raw only adds layers here
-    # (the gateway asks for identity encoding, so there is nothing to decode).
-    return aiter(response.stream)  # type: ignore[arg-type]
-
-
-async def _replay(content: bytes) -> AsyncIterator[bytes]:
-    yield content
-
-
-async def _read_some(response: httpx.Response) -> bytes:
-    if response.is_stream_consumed:
-        return response.content[:_ERROR_BODY_LIMIT]
-    body = b""
-    try:
-        async for data in response.aiter_raw():
-            body += data
-            if len(body) >= _ERROR_BODY_LIMIT:
-                break
-    except httpx.HTTPError:
-        pass
-    return body
 
 
 class _Chunks(SSEStream):
@@ -235,3 +143,74 @@ class _Chunks(SSEStream):
         return UpstreamUnavailable(
             "the upstream reported an error mid-answer", reason=Reason.ERROR_EVENT
         )
+
+
+# ---------------------------------------------------------------- error bodies
+
+
+def error_from_response(
+    status: int,
+    body: bytes,
+    headers: httpx.Headers,
+    redactor: Redactor,
+    *,
+    route: str | None = None,
+) -> UpstreamError:
+    """An OpenAI-style error answer -> the gateway error for it.
+
+    Reads ``{"error": {"message", "type", "code", "param"}}``, a bare
+    ``{"error": "..."}`` (Ollama) and vLLM's ``{"object": "error", "message": ...}``;
+    ``failures.status_error`` decides what a client sees. ``route`` (``POST
+    /chat/completions``) is the call's route: a 404 there that is not an error
+    about a model means the route itself is missing (``_missing_route``), most
+    likely a ``base_url`` without ``/v1``, and the 502 says so.
+    """
+    message, error_type, code, param = "", None, None, None
+    structured = False  # an error object: {"error": {...}}, or vLLM's {"object": "error"}
+    parsed = json_body(body)
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        if isinstance(error, dict):
+            structured = True
+            message = str(error.get("message") or "")
+            error_type, code, param = error.get("type"), error.get("code"), error.get("param")
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(parsed.get("message"), str):  # vLLM: {"object": "error", "message": ...}
+            structured = parsed.get("object") == "error"
+            message, error_type = parsed["message"], parsed.get("type")
+    if route is not None and status == 404 and _missing_route(message, code, structured):
+        hint = (
+            "is the provider's base_url missing '/v1'?"
+            if "/v1/" not in route
+            else "is the provider's base_url right?"
+        )
+        error_404 = UpstreamUnavailable(f"the upstream answered 404 for {route}: {hint}")
+        error_404.reason, error_404.upstream_status = Reason.UPSTREAM_STATUS, status
+        return error_404
+    return status_error(
+        status,
+        headers,
+        redactor,
+        message=message,
+        body=body,
+        error_type=error_type,
+        code=code,
+        param=param,
+    )
+
+
+# What servers say when the path does not exist: OpenAI's "Invalid URL (POST /x)", the
+# mock upstream's "no route POST /x", LM Studio's "Unexpected endpoint", Express's
+# "Cannot POST /x".
+_ROUTE_WORDS = re.compile(
+    r"invalid url|no route|unknown (request )?url|unexpected endpoint|cannot post", re.IGNORECASE
+)
+
+
+def _missing_route(message: str, code: object, structured: bool) -> bool:
+    """Whether a 404 says the route is missing, rather than something about the request
+    (an unknown model, or any error object a server chose to answer 404 with)."""
+    if code == "model_not_found" or "model" in message.lower():
+        return False
+    return not structured or _ROUTE_WORDS.search(message) is not None

@@ -95,6 +95,11 @@ class SSEStream:
     the stream, as ``[DONE]`` does), and ``ended`` is told when the body ends
     before that. Translating here, not in an iterator around this one, saves a
     coroutine per chunk. A failure of the read itself surfaces as a ``GatewayError``.
+
+    One event may become several items: ``translate`` (or ``ended``) hands the
+    ones after its first to ``emit``, and they come next, in order, before any
+    other event is read; items emitted before a translated end still come out.
+    A stream that never emits pays one empty-deque test per item.
     """
 
     __slots__ = (
@@ -102,6 +107,7 @@ class SSEStream:
         "_decoder",
         "_done",
         "_expired",
+        "_extras",
         "_first",
         "_idle",
         "_loop",
@@ -126,6 +132,7 @@ class SSEStream:
         self._loop = asyncio.get_running_loop()  # on 3.11 each lookup is a getpid() call
         self._decoder = SSEDecoder()
         self._pending: deque[SSEEvent] = deque()
+        self._extras: deque[Any] = deque()  # items emitted, due before the next event
         self._first, self._idle, self._deadline = first_token, idle, deadline
         self._started = False
         self._reader: asyncio.Task[object] | None = None
@@ -144,6 +151,11 @@ class SSEStream:
 
     def ended(self) -> None:
         """The body ended (no translated end came first); raise if that is too early."""
+
+    def emit(self, item: Any) -> None:
+        """Queue ``item`` to come after the one ``translate`` returns (or instead of
+        none, if it returns None): for an event that makes several items."""
+        self._extras.append(item)
 
     def close(self) -> None:
         """Stop watching: a timer left armed would keep the stream alive until it fires."""
@@ -192,6 +204,9 @@ class SSEStream:
         return transport_error(exc, timeout=phase)
 
     async def __anext__(self) -> Any:
+        extras = self._extras
+        if extras:
+            return extras.popleft()
         if self._done:
             raise StopAsyncIteration
         pending = self._pending
@@ -202,9 +217,13 @@ class SSEStream:
                     item = self.translate(pending.popleft())
                 except StopAsyncIteration:
                     self._done = True
+                    if extras:
+                        return extras.popleft()
                     raise
                 if item is not None:
                     return item
+                if extras:
+                    return extras.popleft()
                 continue
             loop = self._loop
             self._read_started = now = loop.time()
@@ -228,6 +247,8 @@ class SSEStream:
                 if not pending:
                     self._done = True
                     self.ended()
+                    if extras:
+                        return extras.popleft()
                     raise
                 continue
             except Exception as exc:

@@ -65,11 +65,15 @@ class KeyList(BaseModel):
 
 
 class UsageCounters(BaseModel):
+    """``input_tokens`` includes the cache reads and writes counted apart below."""
+
     requests: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
     errors: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class ModelUsage(UsageCounters):

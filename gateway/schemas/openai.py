@@ -6,24 +6,40 @@ of, and providers answer with fields (``system_fingerprint``, reasoning text)
 that clients rely on. Answers are serialised with ``exclude_unset`` so what an
 upstream sent is what the client gets; ``_Always`` marks the fields a client
 must see even when the gateway built the object itself.
+
+The chat request is typed down to its content parts, tools and tool calls
+(``gateway/schemas/messages.py``) and the options the gateway knows are
+bounded, so every provider adapter reads a request already checked; a bad one
+is refused with its path in the client's JSON (``gateway/schemas/error_paths.py``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidatorFunctionWrapHandler,
     WrapValidator,
 )
 from pydantic_core import PydanticCustomError, ValidationError
 
+from gateway.schemas.error_paths import for_client
+from gateway.schemas.messages import (
+    FAIL_FAST,
+    STRICT,
+    ChatMessage,
+    FunctionChoice,
+    FunctionDefinition,
+    OpenModel,
+    Refuse,
+    ResponseFormat,
+    Tool,
+    ToolChoice,
+)
 
-class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+_Open = OpenModel  # keeps the fields it does not declare and passes them on
 
 
 class _Always(_Open):
@@ -51,29 +67,82 @@ MAX_EMBEDDING_DIMENSIONS = 16_384
 # price stays a float (a 400-digit max_tokens overflowed it: a 500).
 MAX_TOKENS = 2**31 - 1
 
-# Every list stops at its first bad item: pydantic otherwise reports every one,
-# and 8 MiB of bad items made millions of errors (seconds of CPU and gigabytes
-# of memory). A ``Field``, as ``FailFast()`` cannot sit inside a union (unhashable).
-_FAIL_FAST = Field(fail_fast=True)
-
-
-class ChatMessage(_Open):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | Annotated[list[dict[str, Any]], _FAIL_FAST] | None = None
-
 
 class StreamOptions(_Open):
-    include_usage: bool | None = None
+    include_usage: Annotated[bool, STRICT] | None = None
 
 
-class ChatCompletionRequest(_Open):
+# Numbers as OpenAI bounds them. A float field also takes an integer and keeps it one
+# (the upstream gets ``1``, not ``1.0``); ``true`` and ``"0.5"`` are refused, as
+# OpenAI refuses them, rather than read as numbers.
+Temperature = (
+    Annotated[float, STRICT, Field(ge=0, le=2)] | Annotated[int, STRICT, Field(ge=0, le=2)]
+)
+Probability = (
+    Annotated[float, STRICT, Field(ge=0, le=1)] | Annotated[int, STRICT, Field(ge=0, le=1)]
+)
+Penalty = Annotated[float, STRICT, Field(ge=-2, le=2)] | Annotated[int, STRICT, Field(ge=-2, le=2)]
+Bias = (
+    Annotated[float, STRICT, Field(ge=-100, le=100)]
+    | Annotated[int, STRICT, Field(ge=-100, le=100)]
+)
+TokenCount = Annotated[int, STRICT, Field(ge=1, le=MAX_TOKENS)]
+TokenId = Annotated[
+    str, Field(pattern=r"^[0-9]+$"), Refuse("token_id", "expected a token id (a string of digits)")
+]
+# At most 4 stop sequences (OpenAI's limit; Anthropic and Gemini allow more).
+Stop = str | Annotated[list[str], Field(max_length=4, fail_fast=True)]
+
+
+class _Request(_Open):
+    """A request body: an invalid one is refused naming the client's own JSON path."""
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Self:
+        """As pydantic's, but its error's first line is the one to show the client,
+        located in the client's JSON (``messages[2].content[0].image_url.url``),
+        without pydantic's union branch labels and tags (gateway/schemas/error_paths.py)."""
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError as exc:
+            raise for_client(cls, exc) from None
+
+
+class ChatCompletionRequest(_Request):
+    """The canonical chat request: OpenAI's, with every field the gateway knows typed
+    and bounded (docs/wire-formats.md), so a bad value is a 400 naming it whichever
+    provider serves the model. What it does not know passes through to the upstream.
+    """
+
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES, fail_fast=True)
-    stream: bool | None = None
+    stream: Annotated[bool, STRICT] | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    n: int | None = Field(default=None, ge=1, le=128)
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    n: Annotated[int, STRICT, Field(ge=1, le=128)] | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    stop: Stop | None = None
+    seed: Annotated[int, STRICT, Field(ge=-(2**63), lt=2**63)] | None = None
+    logit_bias: dict[TokenId, Bias] | None = None
+    logprobs: Annotated[bool, STRICT] | None = None
+    top_logprobs: Annotated[int, STRICT, Field(ge=0, le=20)] | None = None
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[Tool], FAIL_FAST] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: Annotated[bool, STRICT] | None = None
+    functions: Annotated[list[FunctionDefinition], FAIL_FAST] | None = None
+    function_call: FunctionChoice | None = None
+    # Strings, not enums: OpenAI adds values ("minimal", "flex", ...) and other
+    # upstreams have their own; the upstream judges them.
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: Annotated[bool, STRICT] | None = None
 
 
 def _one_input_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
@@ -102,14 +171,14 @@ def _one_input_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 
 EmbeddingInput = Annotated[
     str
-    | Annotated[list[str], _FAIL_FAST]
-    | Annotated[list[int], _FAIL_FAST]
-    | Annotated[list[Annotated[list[int], _FAIL_FAST]], _FAIL_FAST],
+    | Annotated[list[str], FAIL_FAST]
+    | Annotated[list[int], FAIL_FAST]
+    | Annotated[list[Annotated[list[int], FAIL_FAST]], FAIL_FAST],
     WrapValidator(_one_input_error),
 ]
 
 
-class EmbeddingRequest(_Open):
+class EmbeddingRequest(_Request):
     model: str = Field(min_length=1)
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] | None = None
@@ -119,10 +188,40 @@ class EmbeddingRequest(_Open):
 # ---------------------------------------------------------------- answers
 
 
+class PromptTokensDetails(_Open):
+    """Where the prompt's tokens came from; each a part of ``prompt_tokens``.
+
+    ``cached_tokens`` counts tokens read from the provider's prompt cache and
+    ``cache_write_tokens`` tokens written to it (OpenAI's and OpenRouter's
+    names; Anthropic's ``cache_read_input_tokens`` and
+    ``cache_creation_input_tokens``). An SDK too old to know the second keeps or
+    ignores it, as it does any field it does not know.
+    """
+
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+
+class CompletionTokensDetails(_Open):
+    """Parts of ``completion_tokens``: ``reasoning_tokens`` were thought, not answered."""
+
+    reasoning_tokens: int | None = None
+
+
 class Usage(_Open):
+    """Token counts in OpenAI's convention, whichever provider answered.
+
+    ``prompt_tokens`` includes every prompt token, those read from and written
+    to the prompt cache too (``prompt_tokens_details``); ``completion_tokens``
+    includes reasoning tokens. A provider that counts them apart (Anthropic's
+    ``input_tokens`` leaves cache reads and writes out) adds them in.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ChatCompletionMessage(_Open):

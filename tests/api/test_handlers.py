@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import load_settings
-from gateway.deps import admit_chat
+from gateway.pipeline import admit_chat
 
 FULL = "sk-test-full-000001"
 LIMITED = "sk-test-limited-02"

@@ -17,7 +17,8 @@ from starlette.responses import Response
 
 from gateway.app import create_app
 from gateway.config import load_settings
-from gateway.deps import LIMITERS, Call, ChatCall, KeyDep, admit_chat
+from gateway.deps import KeyDep
+from gateway.pipeline import LIMITERS, Call, ChatCall, admit_chat
 
 try:  # FastAPI >= 0.120 keeps included routers nested; this yields their effective routes
     from fastapi.routing import iter_route_contexts

@@ -1,4 +1,4 @@
-"""gateway/api/route.py: model routes call their admission directly, and answer as FastAPI would.
+"""gateway/fastpath.py AdmittedRoute: model routes call their admission directly, and answer as FastAPI would.
 
 The app in-process (lifespan and all, the embedded store in tmp_path): every
 answer through the direct path is compared with the same request through
@@ -16,10 +16,11 @@ import pytest
 from fastapi import APIRouter, Depends, Request
 from starlette.testclient import TestClient
 
-from gateway.api.route import AdmittedRoute
 from gateway.app import create_app
 from gateway.config import load_settings
-from gateway.deps import ChatCall, admit_chat, get_resources
+from gateway.deps import get_gatekeeper
+from gateway.fastpath import AdmittedRoute
+from gateway.pipeline import ChatCall, admit_chat
 from tests.api.test_handlers import CONFIG, FULL, LIMITED, RATED, auth, hello
 
 extra = APIRouter(route_class=AdmittedRoute)
@@ -53,7 +54,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 def _unrelated_override(client: TestClient) -> None:
     """An override of a dependency model routes do not use: FastAPI's handler serves them."""
     app: Any = client.app
-    app.dependency_overrides[get_resources] = get_resources
+    app.dependency_overrides[get_gatekeeper] = get_gatekeeper
 
 
 def _seen(response: Any) -> tuple[int, Any, dict[str, str]]:

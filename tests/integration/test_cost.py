@@ -69,7 +69,8 @@ LONG = [{"role": "user", "content": "measure the cost of this prompt " * 1200}]
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
 def test_cost_of_a_chat_request_from_prices_yaml(gw: ServerProcess, stream: bool) -> None:
     price = _packaged_price("gpt-4o")
-    assert price == {"input": 2.5, "output": 10.0}  # the list the gateway ships
+    # The list the gateway ships; the mock reports no cache reads, so cache_read is unused.
+    assert price == {"input": 2.5, "output": 10.0, "cache_read": 1.25}
     key_id, secret = create_key(gw.url, {})
     body = {"model": "gpt-4o", "messages": LONG, "mock": {"chunks": 3000}}
     if stream:

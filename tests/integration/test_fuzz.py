@@ -327,6 +327,16 @@ CHAT_READS = [
     ("max_tokens",),
     ("max_completion_tokens",),
     ("n",),
+    # The typed options and message fields (any base: each has messages[0]).
+    ("temperature",),
+    ("stop",),
+    ("logit_bias",),
+    ("tools",),
+    ("tool_choice",),
+    ("response_format",),
+    ("messages", 0, "name"),
+    ("messages", 0, "tool_calls"),
+    ("messages", 0, "tool_call_id"),
 ]
 EMBED_READS = [("model",), ("input",), ("encoding_format",), ("dimensions",)]
 KEY_READS = [

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from gateway.config import Limits
-from gateway.limits.base import Admission, Store, UsageEvent, today
+from gateway.limits.base import Admission, Grant, LimitsState, Store, UsageEvent, today
 from gateway.limits.keys import KeyRecord, hash_key, new_key_id
 from tests.servers import free_port
 
@@ -58,6 +58,18 @@ def admission(key: KeyRecord, tokens: int = 0, cost: float = 0.0) -> Admission:
     return Admission(key, uuid.uuid4().hex, tokens, cost)
 
 
+def requests_left(answer: Grant | Exception) -> int:
+    """What a grant's (or a refusal's) limits state leaves of the key's rpm."""
+    state: LimitsState = answer.limits  # type: ignore[union-attr, assignment]
+    return max(0, (state.rpm_limit or 0) - state.rpm_used)
+
+
+def tokens_left(answer: Grant | Exception) -> int:
+    """What a grant's (or a refusal's) limits state leaves of the key's tpm."""
+    state: LimitsState = answer.limits  # type: ignore[union-attr, assignment]
+    return max(0, (state.tpm_limit or 0) - state.tpm_used)
+
+
 def event(
     model: str = "test-model",
     input_tokens: int = 0,
@@ -66,8 +78,12 @@ def event(
     *,
     error: bool = False,
     day: str | None = None,
+    cache_read: int = 0,
+    cache_write: int = 0,
 ) -> UsageEvent:
-    return UsageEvent(model, input_tokens, output_tokens, cost, error, day or today())
+    return UsageEvent(
+        model, input_tokens, output_tokens, cost, error, day or today(), cache_read, cache_write
+    )
 
 
 class RedisServer:

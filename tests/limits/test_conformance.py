@@ -30,6 +30,8 @@ from tests.limits.support import (
     event,
     make_key,
     registered,
+    requests_left,
+    tokens_left,
     with_limits,
 )
 
@@ -44,8 +46,8 @@ async def test_rpm_admits_exactly_n_then_refuses_with_retry_after(store: Store) 
     key = await registered(store, Limits(rpm=n))
     for i in range(n):
         grant = await store.admit(admission(key))
-        assert grant.headers["x-ratelimit-limit-requests"] == str(n)
-        assert grant.headers["x-ratelimit-remaining-requests"] == str(n - i - 1)
+        assert grant.limits.rpm_limit == n
+        assert requests_left(grant) == n - i - 1
 
     for _ in range(3):
         with pytest.raises(RateLimited) as refused:
@@ -55,15 +57,15 @@ async def test_rpm_admits_exactly_n_then_refuses_with_retry_after(store: Store) 
         assert error.code == "rate_limit_exceeded"
         assert error.status == 429
         assert 1 <= error.retry_after <= 60
-        assert error.headers["x-ratelimit-limit-requests"] == str(n)
-        assert error.headers["x-ratelimit-remaining-requests"] == "0"
+        assert error.limits.rpm_limit == n
+        assert requests_left(error) == 0
         assert 1 <= int(error.response_headers()["retry-after"]) <= 60
 
     # The refusals took nothing: with room for 3 more, exactly 3 more pass.
     wider = with_limits(key, Limits(rpm=n + 3))
     for i in range(3):
         grant = await store.admit(admission(wider))
-        assert grant.headers["x-ratelimit-remaining-requests"] == str(2 - i)
+        assert requests_left(grant) == 2 - i
     with pytest.raises(RateLimited):
         await store.admit(admission(wider))
 
@@ -92,14 +94,14 @@ async def test_tpm_reservation_larger_than_the_limit_is_a_quota_error(store: Sto
     assert refused.value.response_headers()["x-should-retry"] == "false"
     # Nothing was reserved by the refusal: the whole limit is still there.
     grant = await store.admit(admission(key, tokens=1000))
-    assert grant.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert tokens_left(grant) == 0
 
 
 async def test_tpm_reservations_and_settle_give_back_the_difference(store: Store) -> None:
     key = await registered(store, Limits(tpm=1000))
     first = await store.admit(admission(key, tokens=600))
-    assert first.headers["x-ratelimit-limit-tokens"] == "1000"
-    assert first.headers["x-ratelimit-remaining-tokens"] == "400"
+    assert first.limits.tpm_limit == 1000
+    assert tokens_left(first) == 400
 
     with pytest.raises(RateLimited) as refused:
         await store.admit(admission(key, tokens=600))
@@ -108,16 +110,16 @@ async def test_tpm_reservations_and_settle_give_back_the_difference(store: Store
     assert error.code == "rate_limit_exceeded"
     assert 1 <= error.retry_after <= 60
     assert "retry-after" in error.response_headers()
-    assert error.headers["x-ratelimit-remaining-tokens"] == "400"
+    assert tokens_left(error) == 400
 
     # The first request used 100 of its 600: 500 come back, and 600 fit again.
     await store.settle(first, event(input_tokens=30, output_tokens=70))
     second = await store.admit(admission(key, tokens=600))
-    assert second.headers["x-ratelimit-remaining-tokens"] == "300"
+    assert tokens_left(second) == 300
     with pytest.raises(RateLimited):
         await store.admit(admission(key, tokens=301))
     third = await store.admit(admission(key, tokens=300))
-    assert third.headers["x-ratelimit-remaining-tokens"] == "0"
+    assert tokens_left(third) == 0
 
 
 # ---------------------------------------------------------------- max_parallel
@@ -240,13 +242,15 @@ async def test_renew_keeps_a_lease_and_its_reservation_past_their_ttl(
 
 
 USAGE_EVENTS = [
-    # model, day, input, output, cost, error
-    ("model-a", "2025-03-01", 100, 20, 0.25, False),
-    ("model-a", "2025-03-01", 7, 0, 0.0, True),
-    ("model-b", "2025-03-01", 50, 50, 0.125, False),
-    ("model-a", "2025-03-02", 1000, 333, 0.001, False),
-    ("model-b", "2025-03-02", 1, 2, 0.0003, False),
-    ("model-b", "2025-03-02", 0, 0, 0.0, True),
+    # model, day, input (cache reads and writes included), output, cost, error,
+    # cache read, cache write
+    ("model-a", "2025-03-01", 100, 20, 0.25, False, 0, 0),
+    ("model-a", "2025-03-01", 7, 0, 0.0, True, 0, 0),
+    ("model-b", "2025-03-01", 50, 50, 0.125, False, 40, 0),
+    ("model-a", "2025-03-02", 1000, 333, 0.001, False, 0, 900),
+    ("model-b", "2025-03-02", 1, 2, 0.0003, False, 0, 0),
+    ("model-b", "2025-03-02", 0, 0, 0.0, True, 0, 0),
+    ("model-a", "2025-03-02", 3000, 10, 0.5, False, 2048, 512),
 ]
 
 
@@ -257,25 +261,36 @@ def _expected(rows: list[tuple]) -> UsageCounters:
         output_tokens=sum(r[3] for r in rows),
         cost_usd=sum(r[4] for r in rows),
         errors=sum(1 for r in rows if r[5]),
+        cache_read_tokens=sum(r[6] for r in rows),
+        cache_write_tokens=sum(r[7] for r in rows),
+    )
+
+
+def _counts(c: UsageCounters) -> tuple[int, ...]:
+    return (
+        c.requests,
+        c.input_tokens,
+        c.output_tokens,
+        c.errors,
+        c.cache_read_tokens,
+        c.cache_write_tokens,
     )
 
 
 def _assert_counters(actual: UsageCounters, expected: UsageCounters) -> None:
-    assert (actual.requests, actual.input_tokens, actual.output_tokens, actual.errors) == (
-        expected.requests,
-        expected.input_tokens,
-        expected.output_tokens,
-        expected.errors,
-    )
+    assert _counts(actual) == _counts(expected)
     assert actual.cost_usd == pytest.approx(expected.cost_usd, rel=1e-9, abs=1e-12)
 
 
 async def test_usage_per_key_model_and_day(store: Store) -> None:
     key = await registered(store, Limits(rpm=100, tpm=100_000, max_parallel=10))
     other = await registered(store)
-    for model, day, inp, out, cost, error in USAGE_EVENTS:
-        grant = await store.admit(admission(key, tokens=2000, cost=cost))
-        await store.settle(grant, event(model, inp, out, cost, error=error, day=day))
+    for model, day, inp, out, cost, error, read, write in USAGE_EVENTS:
+        grant = await store.admit(admission(key, tokens=4000, cost=cost))
+        await store.settle(
+            grant,
+            event(model, inp, out, cost, error=error, day=day, cache_read=read, cache_write=write),
+        )
     await store.settle(await store.admit(admission(other)), event("model-a", 5, 5, 1.0))
 
     doc = await store.usage(key.id)

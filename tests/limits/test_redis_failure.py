@@ -25,7 +25,7 @@ from gateway.config import Limits
 from gateway.errors import RateLimited, StoreUnavailable, TooManyInFlight
 from gateway.limits.keys import hash_key
 from gateway.limits.redis import RedisStore
-from tests.limits.support import RedisServer, ReplyStall, admission, event, make_key
+from tests.limits.support import RedisServer, ReplyStall, admission, event, make_key, requests_left
 
 T = TypeVar("T")
 
@@ -82,8 +82,10 @@ async def test_fail_open_serves_locally_buffers_usage_and_recovers(
             await bounded(store.admit(admission(key)))
 
         # Usage settled meanwhile, also of the request Redis admitted, is buffered.
-        await bounded(store.settle(grant, event("model-a", 10, 5, 0.25)))
-        await bounded(store.settle(in_flight, event("model-b", 3, 4, 0.125, error=True)))
+        await bounded(store.settle(grant, event("model-a", 10, 5, 0.25, cache_read=6)))
+        await bounded(
+            store.settle(in_flight, event("model-b", 3, 4, 0.125, error=True, cache_write=2))
+        )
         await bounded(store.renew([grant, in_flight]))  # renewing while down does not hang
         with pytest.raises(StoreUnavailable):
             await bounded(store.usage(key.id))
@@ -93,13 +95,18 @@ async def test_fail_open_serves_locally_buffers_usage_and_recovers(
 
         doc = await bounded(store.usage(key.id))
         assert (doc.requests, doc.input_tokens, doc.output_tokens, doc.errors) == (2, 13, 9, 1)
+        assert (doc.cache_read_tokens, doc.cache_write_tokens) == (6, 2)
         assert doc.cost_usd == pytest.approx(0.375)
         assert [m.model for m in doc.by_model] == ["model-a", "model-b"]
+        assert [(m.cache_read_tokens, m.cache_write_tokens) for m in doc.by_model] == [
+            (6, 0),
+            (0, 2),
+        ]
 
         # Back on the shared limiter: Redis admits again (its scripts were reloaded).
         again = await bounded(store.admit(admission(key)))
         assert not again.local
-        assert again.headers["x-ratelimit-remaining-requests"] == "99"  # Redis came back empty
+        assert requests_left(again) == 99  # Redis came back empty
         await bounded(store.settle(again, event("model-a", 1, 1, 0.0)))
         assert (await bounded(store.usage(key.id))).requests == 3
 

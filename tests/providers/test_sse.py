@@ -249,3 +249,62 @@ async def test_a_failed_read_is_a_gateway_error() -> None:
         await anext(events)
     assert info.value.message == "the upstream closed the connection mid-answer"
     assert info.value.reason == "stream_cut"
+
+
+class _Expanding(SSEStream):
+    """A translation that makes several items of one event (``emit``).
+
+    ``"3"``: 3a, 3b, 3c; ``"none"``: nothing; ``"later 2"``: none returned, two
+    emitted; ``"last 2"``: two emitted, then the end; at the body's end: "flushed".
+    """
+
+    def __init__(self, raw: AsyncIterator[bytes]) -> None:
+        deadline = asyncio.get_running_loop().time() + 5
+        super().__init__(raw, first_token=1, idle=1, deadline=deadline)
+
+    def translate(self, event: SSEEvent) -> str | None:
+        text = event.data.decode()
+        if text == "none":
+            return None
+        word, _, count = text.partition(" ")
+        if word in ("later", "last"):
+            for i in range(int(count)):
+                self.emit(f"{word}{i}")
+            if word == "last":
+                raise StopAsyncIteration
+            return None
+        items = [f"{text}{letter}" for letter in "abcdefgh"[: int(text)]]
+        for item in items[1:]:
+            self.emit(item)
+        return items[0]
+
+    def ended(self) -> None:
+        self.emit("flushed")
+
+
+async def test_one_event_may_make_several_items_in_order() -> None:
+    raw = source((0, b"data: 3\n\ndata: none\n\n"), (0, b"data: 1\n\ndata: later 2\n\n"))
+    items = [item async for item in _Expanding(raw)]
+    assert items == ["3a", "3b", "3c", "1a", "later0", "later1", "flushed"]
+
+
+async def test_emitted_items_come_before_the_next_read() -> None:
+    reads: list[str] = []
+
+    async def tracked() -> AsyncIterator[bytes]:
+        for data in (b"data: 2\n\n", b"data: 1\n\n"):
+            reads.append(data.decode().strip())
+            yield data
+
+    items = _Expanding(tracked())
+    assert await anext(items) == "2a"
+    assert await anext(items) == "2b"
+    assert reads == ["data: 2"], "the second part is not read while items are due"
+    assert await anext(items) == "1a"
+
+
+async def test_items_emitted_before_the_end_still_come_out() -> None:
+    items = _Expanding(source((0, b"data: last 2\n\ndata: 5\n\n")))
+    assert [item async for item in items] == ["last0", "last1"]
+    with pytest.raises(StopAsyncIteration):
+        await anext(items)

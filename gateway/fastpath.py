@@ -1,0 +1,315 @@
+"""The framework bypasses, each beside the plain way it replaces, and the one
+switch that turns them all off.
+
+Where speed made the gateway step around FastAPI, Starlette, uvicorn or
+pydantic, the bypass is here, and only here: what it replaces, the figure that
+justified it (the README's *Performance* table, row named in each docstring)
+and its plain counterpart, the framework's own way. The switch is
+``server.framework_bypasses`` (default true); the environment variable
+``GATEWAY_FRAMEWORK_BYPASSES`` (``0`` or ``1``), when set, overrides it for
+the whole process (docs/configuration.md). Switched off, the gateway answers
+exactly as before (status, headers, bodies, streams, the OpenAPI schema), only
+slower. The test suite runs both ways, so an upgrade of the framework that
+breaks a bypass fails the fast pass beside a passing plain one, and switching
+off is an operator's way round it until the bypass is mended.
+
+The choice is made once, where the thing it chooses is made, never per
+request: per app in ``create_app`` (the routes: ``add_routes``), per server
+in gateway/server.py ``protocol_for`` (the protocol: ``ServerBypasses``), and
+per process for what lives at module level (the serializers: ``select``),
+the way uvicorn's config picks a loop and a protocol in one place.
+
+Not here, because they are not bypasses: the edge's protocol
+(gateway/server.py's ``EdgeProtocol``: its limits are behaviour, with no plain
+counterpart that answers the same), the gateway's own HTTP client and Redis
+connection (they replace httpx's transport and redis-py, chosen by their own
+settings) and the lean event-stream response (gateway/streaming.py: a
+response class of ours, built through Starlette's own ``StreamingResponse``
+initialiser; setting its fields by hand saved ~0.3 µs a stream, 1.3 against
+1.6 µs in a loop, too little to keep a bypass for).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import weakref
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.responses import Response
+from starlette.types import Scope, Send
+
+from gateway.config import ConfigError, ServerConfig
+
+if TYPE_CHECKING:  # a mixin of uvicorn's protocol; imported with the server, not here
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Protocol
+else:
+    _Protocol = object
+
+ENV = "GATEWAY_FRAMEWORK_BYPASSES"
+_ON = frozenset({"1", "true", "yes", "on"})
+_OFF = frozenset({"0", "false", "no", "off"})
+
+
+def enabled(server: ServerConfig, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the bypasses are on: ``GATEWAY_FRAMEWORK_BYPASSES`` when set, else
+    ``server.framework_bypasses``. Read where an app or a server is made, so a test
+    run that sets the variable reaches every gateway it starts, in process or not."""
+    value = (os.environ if env is None else env).get(ENV, "").strip().lower()
+    if not value:
+        return server.framework_bypasses
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    raise ConfigError(f"{ENV}: expected 0 or 1 (or true/false), got {value!r}")
+
+
+# ---------------------------------------------------------------- the routes (per app)
+
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+class AdmittedRoute(APIRoute):
+    """A model route whose one dependency is its admission, called directly.
+
+    Replaces FastAPI's request handler (``APIRoute.get_route_handler``) for a route
+    whose endpoint takes exactly one parameter, its admission (``ChatCall``,
+    ``EmbeddingCall`` of gateway/pipeline.py), whose one dependency is the app's
+    resources. FastAPI's general resolver (dependency cache keys, parameter
+    extraction, sub-dependency walks, exit stacks) cost about as much per request as
+    the admission itself, for a graph that is always the same call. This handler
+    calls the admission with the resources ``get_resources`` would give it, then the
+    endpoint: same dependency, same errors, same OpenAPI. README row "one admission
+    dependency ... called directly by the model routes' ``AdmittedRoute``": 418 ->
+    344 µs/request.
+
+    Any other route (a body, a query, the request itself, a router-level or second
+    dependency), and every request while ``app.dependency_overrides`` is set
+    (tests), gets FastAPI's own handler, so every override is honoured.
+
+    Plain counterpart: ``APIRoute``.
+    """
+
+    def get_route_handler(self) -> Handler:
+        # Imported here, when a route is made: the pipeline imports the ingress codecs,
+        # which import this module for their serializers.
+        from gateway.deps import get_resources
+        from gateway.pipeline import LIMITERS
+
+        standard = super().get_route_handler()
+        dependant = self.dependant
+        only = dependant.dependencies[0] if len(dependant.dependencies) == 1 else None
+        endpoint = dependant.call
+        if (
+            only is None
+            or only.call not in LIMITERS
+            or [sub.call for sub in only.dependencies] != [get_resources]
+            or list(inspect.signature(endpoint).parameters) != [only.name]
+        ):
+            return standard
+        admit, name = only.call, only.name
+
+        async def handler(request: Request) -> Response:
+            if request.app.dependency_overrides:
+                return await standard(request)
+            # What get_resources answers, without its resolver.
+            return await endpoint(**{name: await admit(request, request.state.resources)})
+
+        return handler
+
+
+# What a route was declared with, as ``add_api_route`` takes it (and the route keeps it).
+_ROUTE_FIELDS = tuple(
+    name
+    for name in inspect.signature(APIRouter.add_api_route).parameters
+    if name not in ("self", "path", "endpoint", "route_class_override")
+)
+
+
+def add_routes(app: FastAPI, routers: Iterable[APIRouter], *, bypass: bool) -> None:
+    """The routers' routes on ``app``: flat, as ``AdmittedRoute``s, or included.
+
+    Flat replaces ``include_router``, which since FastAPI 0.137 keeps each router as
+    a node that every request walks (effective-route caches, version checks, scope
+    bookkeeping). README row "routes declared flat on the app": ~31 µs a request in
+    one process, 254-296 vs 279-363 µs/request. Each route is declared anew on the
+    app's own router with what it was declared with, so it belongs to this app (its
+    ``dependency_overrides`` among them) and the OpenAPI schema is the same. A plain
+    ``APIRoute`` becomes an ``AdmittedRoute`` (which keeps FastAPI's handler where it
+    does not apply); a route of another class keeps it. Nothing here nests or prefixes.
+
+    Plain counterpart (``bypass`` false): ``app.include_router(router)`` for each, the
+    routes as they were declared.
+    """
+    for router in routers:
+        if not bypass:
+            app.include_router(router)
+            continue
+        for route in router.routes:
+            if not isinstance(route, APIRoute):
+                raise TypeError(f"only plain API routes can be declared flat, not {route!r}")
+            fields = {name: getattr(route, name) for name in _ROUTE_FIELDS}
+            kind = AdmittedRoute if type(route) is APIRoute else type(route)
+            app.router.add_api_route(
+                route.path, route.endpoint, route_class_override=kind, **fields
+            )
+
+
+# ---------------------------------------------------------------- the server (per server)
+
+_HEAD_START = b"HTTP/1.1 "  # how uvicorn begins every head it writes (also for HTTP/1.0 clients)
+
+
+class HeadHoldingTransport:
+    """The connection's transport as the protocol sees it: a response head waits for
+    the rest of the loop turn, so head and body leave in one write.
+
+    Replaces uvicorn's two writes per answer (the head at ``http.response.start``,
+    the body on the next message). On loopback and on virtual machines a write is
+    among the dearest things the gateway does (it runs the receiver's TCP path and
+    often wakes another CPU). An answer whose body follows in the same turn (every
+    JSON answer, a stream's first event) leaves in one write; a head whose body comes
+    later goes out on the next turn by itself. README row "uvicorn's httptools
+    protocol holding a response head": 395 -> 354 µs/request. Only ``write`` and
+    ``close`` differ; everything else is the transport's own.
+
+    Plain counterpart: the transport itself.
+    """
+
+    __slots__ = ("_call_soon", "_held", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._call_soon = loop.call_soon
+        self._held: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._transport.write(held + data)
+        elif data.startswith(_HEAD_START):
+            self._held = data
+            self._call_soon(self.release)
+        else:
+            self._transport.write(data)
+
+    def release(self) -> None:
+        """Write the held head now, if there is one."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._transport.write(held)
+
+    def close(self) -> None:
+        # Closing flushes what the transport buffers; what is held here goes first.
+        self.release()
+        self._transport.close()
+
+    def is_closing(self) -> bool:  # asked on every request: spare it the __getattr__
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+# Where the server puts a weak reference to the request's own cycle, whose ``send``
+# is the server's ASGI send for it.
+SERVER_SEND = "gateway.server_send"
+
+
+class ServerBypasses(_Protocol):
+    """What the fast protocol adds to the edge's (gateway/server.py composes it first
+    in ``HttpProtocol``'s bases): it writes through a ``HeadHoldingTransport``, and
+    offers each request its own ``send`` under ``SERVER_SEND`` in the scope.
+
+    The offer replaces, for a stream's body frames (``body_send``), Starlette's and
+    FastAPI's three send wrappers a frame, which act only on the response's start.
+    README row "stream body frames sent through the server's own ``send``": 55.3 ->
+    51.1 µs/chunk one at a time. Held weakly: scope -> cycle -> scope would make every
+    request's cycle garbage for the collector (+10-20% CPU a request). A weak
+    reference to the cycle, not a WeakMethod of its send: 0.1 against 0.75 µs.
+
+    Plain counterpart: the edge's protocol alone (nothing offered, every frame
+    through the app's send, the head and the body in two writes).
+    """
+
+    def _transport_for(self, transport: asyncio.Transport) -> Any:
+        return HeadHoldingTransport(transport, self.loop)
+
+    def _release_held(self) -> None:
+        self.transport.release()  # type: ignore[attr-defined]
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        # The new request's cycle holds this very scope (an upgrade returns before
+        # making one); its task has not run yet, so the app sees the key from the start.
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:
+            self.scope[SERVER_SEND] = weakref.ref(cycle)
+
+
+def body_send(scope: Scope, send: Send) -> Send:
+    """The send for a stream's body frames: the server's own when it offers it
+    (``ServerBypasses``), else ``send``. The start and the last frame still go
+    through ``send``: the app's wrappers add headers there. Asked once a stream."""
+    server = scope.get(SERVER_SEND)
+    request = server() if server is not None else None
+    return request.send if request is not None else send  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- serializers (per process)
+
+M = TypeVar("M", bound=BaseModel)
+_made: list[ModelJSON[Any]] = []
+_selected = True
+
+
+def _plain(instance: BaseModel, **options: Any) -> bytes:
+    return instance.model_dump_json(**options).encode()
+
+
+class ModelJSON(Generic[M]):
+    """One model's JSON bytes: ``dump(instance, **options)`` with ``model_dump_json``'s
+    options (``exclude_unset``, ``exclude``, ...).
+
+    Fast: the model's prebuilt pydantic-core serializer (``__pydantic_serializer__``,
+    pydantic's internals), called directly; it replaces ``model_dump_json``, whose
+    wrapper passes every option per call and decodes the bytes to a string that the
+    answer then encodes again. README row "chunks and answers serialised by the
+    models' pydantic-core serializer": 1.30 vs 1.89 µs a chunk, on every chunk.
+
+    Plain counterpart: ``instance.model_dump_json(**options).encode()``.
+
+    The choice is the process's (``select``): these live at module level, beside
+    the codecs that use them.
+    """
+
+    __slots__ = ("dump", "model")
+
+    def __init__(self, model: type[M]) -> None:
+        self.model = model
+        self.dump: Callable[..., bytes] = self._pick(_selected)
+        _made.append(self)
+
+    def _pick(self, bypass: bool) -> Callable[..., bytes]:
+        return self.model.__pydantic_serializer__.to_json if bypass else _plain
+
+
+def select(bypass: bool) -> None:
+    """Switch the process-wide bypasses (the serializers): ``create_app`` does, for the
+    app it makes. A process serves one app; the last one made decides."""
+    global _selected
+    _selected = bypass
+    for made in _made:
+        made.dump = made._pick(bypass)
+
+
+def selected() -> bool:
+    """Whether the process-wide bypasses are on."""
+    return _selected
