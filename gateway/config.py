@@ -77,6 +77,8 @@ class Price(_Strict):
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What a provider type cannot do without: its adapter has no default for it.
+REQUIRED_BY_TYPE: dict[str, tuple[str, ...]] = {"azure": ("base_url", "api_version")}
 
 
 class ProviderConfig(_Strict):
@@ -245,6 +247,10 @@ class Settings(_Strict):
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:
         problems = []
+        for name, provider in self.providers.items():
+            for field in REQUIRED_BY_TYPE.get(provider.type, ()):
+                if not getattr(provider, field):
+                    problems.append(f"providers.{name}.{field}: required for type {provider.type}")
         for name, model in self.models.items():
             for i, dep in enumerate(model.deployments):
                 if dep.provider not in self.providers:

@@ -97,10 +97,9 @@ class AdmittedRoute(APIRoute):
     """
 
     def get_route_handler(self) -> Handler:
-        # Imported here, when a route is made: the pipeline imports the ingress codecs,
-        # which import this module for their serializers.
+        # Imported here, when a route is made: deps imports the resources, whose
+        # providers' modules import this one for their serializers.
         from gateway.deps import get_resources
-        from gateway.pipeline import LIMITERS
 
         standard = super().get_route_handler()
         dependant = self.dependant
@@ -108,7 +107,7 @@ class AdmittedRoute(APIRoute):
         endpoint = dependant.call
         if (
             only is None
-            or only.call not in LIMITERS
+            or only.call not in ADMISSIONS
             or [sub.call for sub in only.dependencies] != [get_resources]
             or list(inspect.signature(endpoint).parameters) != [only.name]
         ):
@@ -122,6 +121,19 @@ class AdmittedRoute(APIRoute):
             return await endpoint(**{name: await admit(request, request.state.resources)})
 
         return handler
+
+
+# The admission dependencies AdmittedRoute may call directly (gateway/pipeline.py marks
+# them): registered from above, so this module never imports the pipeline.
+ADMISSIONS: set[Callable[..., Any]] = set()
+
+A = TypeVar("A", bound=Callable[..., Any])
+
+
+def admission(fn: A) -> A:
+    """Mark ``fn`` as an admission that ``AdmittedRoute`` calls as ``fn(request, resources)``."""
+    ADMISSIONS.add(fn)
+    return fn
 
 
 # What a route was declared with, as ``add_api_route`` takes it (and the route keeps it).

@@ -39,6 +39,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.deps import ResourcesDep, authenticate_key
 from gateway.disconnect import cancel_on_disconnect
 from gateway.errors import GatewayError, InvalidRequest, format_loc, validation_error
+from gateway.fastpath import admission
 from gateway.ingress.base import Codec, EmbeddingCodec
 from gateway.limits import estimate
 from gateway.limits.base import Grant, TokenCounts
@@ -170,6 +171,7 @@ def _no_embeddings(model: str) -> InvalidRequest:
 # (gateway/fastpath.py) calls them directly, handing them the app's resources.
 
 
+@admission
 async def admit_chat(request: Request, resources: ResourcesDep) -> Call[ChatCompletionRequest]:
     key = await authenticate_key(request, resources)
     body = await _parse(request, ChatCompletionRequest)
@@ -179,6 +181,7 @@ async def admit_chat(request: Request, resources: ResourcesDep) -> Call[ChatComp
     return await _admit(resources, access, key, body, prompt, max_output, body.n or 1)
 
 
+@admission
 async def admit_embedding(request: Request, resources: ResourcesDep) -> Call[EmbeddingRequest]:
     key = await authenticate_key(request, resources)
     body = await _parse(request, EmbeddingRequest)

@@ -12,6 +12,9 @@ from gateway.providers.base import ProviderFactory
 
 PROVIDERS: dict[str, str] = {
     "openai": "gateway.providers.openai:OpenAIProvider",
+    "anthropic": "gateway.providers.anthropic:AnthropicProvider",
+    "azure": "gateway.providers.azure:AzureProvider",
+    "gemini": "gateway.providers.gemini:GeminiProvider",
     "mock": "gateway.providers.mock:MockProvider",
 }
 
