@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway import __version__, fastpath
-from gateway.api import admin, health, openai
+from gateway.api import admin, anthropic, health, openai
 from gateway.api.handlers import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.config import Settings, load_settings, resolve_config_path
@@ -55,7 +55,9 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         **docs,
     )
     install_error_handlers(app)
-    fastpath.add_routes(app, (openai.router, health.router, admin.router), bypass=bypass)
+    fastpath.add_routes(
+        app, (openai.router, anthropic.router, health.router, admin.router), bypass=bypass
+    )
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,7 +1,8 @@
 """``gateway mock-upstream``: the mock provider as a real OpenAI-compatible HTTP server.
 
 Integration tests and benchmarks use it as an upstream with scripted delays
-and faults (the ``mock`` body field, see ``providers/mock.py``). It counts
+and faults (the ``mock`` body field, see ``providers/mock.py``); it answers with
+the same text and tool calls as the in-process mock, streamed the same way. It counts
 what it sees at ``GET /mock/stats``, disconnects included, so a test can prove
 that the gateway closed an abandoned upstream call; ``POST /mock/reset``
 zeroes the counters. A raw ASGI app, so the mock is never the bottleneck.
@@ -31,10 +32,12 @@ from starlette.requests import ClientDisconnect
 from gateway.disconnect import CANCEL_ON_DISCONNECT, CLIENT_GONE, cancel_on_disconnect
 from gateway.errors import GatewayError, InvalidRequest, format_loc
 from gateway.providers.mock import (
+    MockAnswer,
     MockScript,
     build_completion,
     build_embeddings,
     generate_chunks,
+    plan_answer,
     scripted_error,
 )
 from gateway.schemas.openai import ChatCompletionRequest, EmbeddingRequest
@@ -137,10 +140,12 @@ class MockServer:
                     .model_dump_json(exclude_unset=True)
                     .encode(),
                 )
-            elif request.stream:
-                await self._stream(request, script, scope, receive, send)
             else:
-                await self._complete(request, script, send)
+                answer = plan_answer(request, script)  # before the status: it may be a 400
+                if request.stream:
+                    await self._stream(request, answer, script, scope, receive, send)
+                else:
+                    await self._complete(answer, script, request.model, send)
         except GatewayError as exc:
             await _respond(send, exc.status, _error_body(exc))
         except ClientDisconnect:
@@ -155,20 +160,20 @@ class MockServer:
             stats.in_flight -= 1
 
     async def _complete(
-        self, request: ChatCompletionRequest, script: MockScript, send: Any
+        self, answer: MockAnswer, script: MockScript, model: str, send: Any
     ) -> None:
-        answer = build_completion(request, script, request.model)
-        pause = script.pause(answer.usage.completion_tokens)
+        pause = script.pause(answer.steps)
         if pause:
             await asyncio.sleep(pause)
-        body = answer.model_dump_json(exclude_unset=True).encode()
-        if script.breaks(answer.usage.completion_tokens):  # as the in-process mock decides
+        body = build_completion(answer, model).model_dump_json(exclude_unset=True).encode()
+        if script.breaks(answer.steps):  # as the in-process mock decides
             body = body[: len(body) // 2]
         await _respond(send, 200, body)
 
     async def _stream(
         self,
         request: ChatCompletionRequest,
+        answer: MockAnswer,
         script: MockScript,
         scope: Scope,
         receive: Any,
@@ -193,7 +198,7 @@ class MockServer:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE})
             wants_usage = bool(request.stream_options and request.stream_options.include_usage)
             i = 0
-            async for chunk in generate_chunks(request, script, request.model):
+            async for chunk in generate_chunks(answer, script, request.model):
                 if chunk.usage is not None and not wants_usage:
                     continue
                 if i == script.cut_after:

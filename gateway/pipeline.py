@@ -1,9 +1,11 @@
 """The one call pipeline every model route uses: admit, route, call, settle.
 
 A model route is thin: its one dependency is an admission of this module
-(``ChatCall``, ``EmbeddingCall``), and it hands the admitted ``Call`` with the
-codec of its ingress (gateway/ingress/) to ``chat`` or ``embeddings`` here. In
-order (docs/architecture.md, "The request path"):
+(``ChatCall``, ``EmbeddingCall``, ``MessagesCall``), and it hands the admitted
+``Call`` with the codec of its ingress (gateway/ingress/) to ``chat`` or
+``embeddings`` here. An Anthropic Messages call is admitted as the chat request it
+translates to, and passed through to a provider that speaks the Messages API
+(``_passthrough``). In order (docs/architecture.md, "The request path"):
 
 - admission: the key (401), the body (400), the model (404), whether the key
   may use it (403) and whether it can do what is asked (400), then ONE store
@@ -26,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar, cast
 
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
@@ -39,16 +42,18 @@ from starlette.types import Receive, Scope, Send
 from gateway.deps import ResourcesDep, authenticate_key
 from gateway.disconnect import cancel_on_disconnect
 from gateway.errors import GatewayError, InvalidRequest, format_loc, validation_error
-from gateway.fastpath import admission
-from gateway.ingress.base import Codec, EmbeddingCodec
+from gateway.fastpath import admission, model_json
+from gateway.ingress.anthropic.request import FORWARDED_HEADERS, Native, translate
+from gateway.ingress.base import Codec, EmbeddingCodec, RelayCodec, StreamEncoder
 from gateway.limits import estimate
 from gateway.limits.base import Grant, TokenCounts
 from gateway.limits.keys import KeyRecord
 from gateway.limits.usage import NO_TOKENS, cost_of, counts_of, reservation_cost, usage_event
 from gateway.observability.logging import AccessRecord
-from gateway.providers.base import CallContext, supports_embeddings
+from gateway.providers.base import CallContext, speaks_messages, supports_embeddings
 from gateway.resources import Resources
 from gateway.routing.router import ModelRoute, Target
+from gateway.schemas.anthropic import MessagesRequest
 from gateway.schemas.openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -71,6 +76,9 @@ class Call(Generic[M]):
     route: ModelRoute
     grant: Grant
     prompt_tokens: int  # the estimate the reservation was made with
+    # The client's own request, for a provider that speaks its ingress's API natively
+    # (the Anthropic Messages ingress); None on the OpenAI ingress.
+    native: Native | None = None
 
 
 # ---------------------------------------------------------------- admission
@@ -89,7 +97,7 @@ async def _parse(request: Request, model: type[M]) -> M:
     if not body:
         raise InvalidRequest("The request body is empty; expected a JSON object.")
     try:
-        return model.model_validate_json(body)
+        return model_json(model).load(body)
     except ValidationError as exc:
         raise _refusal(exc) from None
 
@@ -190,11 +198,29 @@ async def admit_embedding(request: Request, resources: ResourcesDep) -> Call[Emb
     return await _admit(resources, access, key, body, prompt, 0, embeds=True)
 
 
+@admission
+async def admit_messages(request: Request, resources: ResourcesDep) -> Call[ChatCompletionRequest]:
+    """An Anthropic Messages call: the same key, limits and usage as chat, admitted
+    with the canonical request it translates to; the client's own body is kept for a
+    provider that speaks the Messages API (gateway/ingress/anthropic/request.py)."""
+    key = await authenticate_key(request, resources)
+    source = await _parse(request, MessagesRequest)
+    body, refusal = translate(source)
+    access = request.scope["gateway.access"]
+    prompt = estimate.prompt_tokens(body)
+    call = await _admit(resources, access, key, body, prompt, body.max_tokens)
+    headers = request.headers
+    forwarded = {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
+    call.native = Native(await request.body(), forwarded, refusal)
+    return call
+
+
 # What a test checks every model route has, and what AdmittedRoute calls directly.
-LIMITERS = (admit_chat, admit_embedding)
+LIMITERS = (admit_chat, admit_embedding, admit_messages)
 
 ChatCall = Annotated[Call[ChatCompletionRequest], Depends(admit_chat)]
 EmbeddingCall = Annotated[Call[EmbeddingRequest], Depends(admit_embedding)]
+MessagesCall = Annotated[Call[ChatCompletionRequest], Depends(admit_messages)]
 
 
 # ---------------------------------------------------------------- routing
@@ -223,8 +249,13 @@ async def chat(call: Call[ChatCompletionRequest], codec: Codec) -> Response:
     left = False
     try:
         target, ctx = _pick(call)
-        if body.stream:
-            response: Response = await _stream(call, target, ctx, codec)
+        native = call.native
+        if native is not None and speaks_messages(target.provider):
+            response: Response = await _passthrough(call, native, target, ctx, codec)
+        elif native is not None and native.refusal is not None:
+            raise native.refusal  # what only the client's own API could carry
+        elif body.stream:
+            response = await _stream(call, target, ctx, codec)
         else:
             # A stream watches for its client itself; here the server cancels this task
             # (and so the upstream call) if the client leaves from now on.
@@ -284,7 +315,11 @@ async def _stream(
     """
     body, access = call.body, call.access
     model = body.model
-    frame = codec.chunk_encoder(body)
+    frame = codec.chunk_encoder(body, call.prompt_tokens)
+    if isinstance(frame, StreamEncoder):  # its own end, after what it sent
+        done_frame, error_frame = frame.done_frame, frame.error_frame
+    else:
+        done_frame, error_frame = codec.done_frame, codec.error_frame
     started = time.perf_counter()
     reported: Usage | None = None
 
@@ -295,20 +330,7 @@ async def _stream(
         if chunk.usage is not None:
             reported = chunk.usage
         chunk.model = model
-        return frame(chunk)
-
-    async def on_close(state: StreamState) -> None:
-        try:
-            await stack.aclose()
-        finally:  # settled whatever closing the upstream did: the lease must go back
-            access.outcome = state.outcome
-            if state.error is not None:
-                access.failed(state.error)
-            if reported is not None:
-                counts = counts_of(reported)
-            else:  # abandoned or failed midway: what the client was sent, one token a chunk
-                counts = TokenCounts(call.prompt_tokens if state.chunks else 0, state.chunks)
-            await settle(call, target, counts, error=state.outcome == "error")
+        return frame(chunk)  # type: ignore[no-any-return]
 
     server = call.resources.settings.server
     stack = AsyncExitStack()
@@ -320,10 +342,82 @@ async def _stream(
     return EventStreamResponse(
         chunks,
         encode=encode,
+        error_frame=error_frame,
+        error_response=codec.error_response,
+        done_frame=done_frame,
+        on_close=_stream_closer(call, target, stack, lambda: reported),
+        commit_after=server.stream_commit_seconds,
+        keepalive=server.keepalive_seconds,
+    )
+
+
+def _stream_closer(
+    call: Call, target: Target, stack: AsyncExitStack, reported: Callable[[], Usage | None]
+) -> Callable[[StreamState], Awaitable[None]]:
+    """A stream's ``on_close``: close the upstream, then settle with the upstream's last
+    reported usage (``reported()``), else what the client was sent."""
+    access = call.access
+
+    async def on_close(state: StreamState) -> None:
+        try:
+            await stack.aclose()
+        finally:  # settled whatever closing the upstream did: the lease must go back
+            access.outcome = state.outcome
+            if state.error is not None:
+                access.failed(state.error)
+            usage = reported()
+            if usage is not None:
+                counts = counts_of(usage)
+            else:  # abandoned or failed midway: what the client was sent, one token a chunk
+                counts = TokenCounts(call.prompt_tokens if state.chunks else 0, state.chunks)
+            await settle(call, target, counts, error=state.outcome == "error")
+
+    return on_close
+
+
+async def _passthrough(
+    call: Call[ChatCompletionRequest],
+    native: Native,
+    target: Target,
+    ctx: CallContext,
+    codec: Codec,
+) -> Response:
+    """A Messages call sent as the client wrote it to a provider that speaks the Messages
+    API (only ``model`` replaced), its answer or events relayed as they come, settled
+    with the usage they report (``message_start``, ``message_delta``)."""
+    provider = target.provider
+    assert speaks_messages(provider)
+    relay = cast(RelayCodec, codec)  # the ingress whose request is native to the provider
+    ctx.client_headers = native.headers
+    raw = native.body_for(target.deployment.model)
+    model, access = call.body.model, call.access
+    started = time.perf_counter()
+    if not call.body.stream:
+        cancel_on_disconnect()
+        answer, usage = await provider.messages(raw, ctx)
+        access.ttft_ms = (time.perf_counter() - started) * 1000
+        return _SettlingJSON(relay.native_answer(answer, model), call, target, counts_of(usage))
+    stack = AsyncExitStack()
+    try:
+        events = await stack.enter_async_context(provider.messages_stream(raw, ctx))
+    except BaseException:
+        await stack.aclose()
+        raise
+    frame = relay.relay_encoder(model)
+
+    def encode(item: Any) -> bytes:
+        if access.ttft_ms is None:
+            access.ttft_ms = (time.perf_counter() - started) * 1000
+        return frame(item)
+
+    server = call.resources.settings.server
+    return EventStreamResponse(
+        events,
+        encode=encode,
         error_frame=codec.error_frame,
         error_response=codec.error_response,
-        done_frame=codec.done_frame,
-        on_close=on_close,
+        done_frame=None,  # the upstream's own message_stop was relayed
+        on_close=_stream_closer(call, target, stack, lambda: events.usage),
         commit_after=server.stream_commit_seconds,
         keepalive=server.keepalive_seconds,
     )

@@ -71,7 +71,8 @@ class EventStreamResponse(StreamingResponse):
 
     ``encode`` turns a chunk into its frame (None: nothing to send for it);
     ``error_frame`` renders a failure after the headers, ``error_response`` one
-    before them; ``done_frame`` ends a complete stream. Made by Starlette's own
+    before them; ``done_frame`` ends a complete stream (a function: asked at the
+    end, for an ingress whose end depends on what was sent). Made by Starlette's own
     ``StreamingResponse`` initialiser (gateway/fastpath.py says why); the serving
     (``__call__``) is this class's.
     """
@@ -85,7 +86,7 @@ class EventStreamResponse(StreamingResponse):
         encode: Callable[[Any], bytes | None],
         error_frame: Callable[[GatewayError], bytes],
         error_response: Callable[[GatewayError], Response],
-        done_frame: bytes | None,
+        done_frame: bytes | Callable[[], bytes | None] | None,
         on_close: Callable[[StreamState], Awaitable[None]],
         commit_after: float,
         keepalive: float,
@@ -179,7 +180,11 @@ class EventStreamResponse(StreamingResponse):
                 return
             if not started:
                 await commit()
-            last = self._done_frame if error is None else self._error_frame(error)
+            if error is not None:
+                last = self._error_frame(error)
+            else:
+                done = self._done_frame
+                last = done() if callable(done) else done
             # The last frame and the end of the body in one write.
             await send({"type": "http.response.body", "body": last or b"", "more_body": False})
         except asyncio.CancelledError:

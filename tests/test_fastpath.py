@@ -24,7 +24,7 @@ from starlette.types import Message, Receive, Scope, Send
 from uvicorn.server import ServerState
 
 from gateway import fastpath
-from gateway.api import admin, health, openai
+from gateway.api import admin, anthropic, health, openai
 from gateway.app import create_app
 from gateway.config import ConfigError, ServerConfig, load_settings
 from gateway.fastpath import ENV, SERVER_SEND, AdmittedRoute, enabled
@@ -47,7 +47,7 @@ from tests.servers import (
 )
 from tests.test_server import REQUEST, RecordingTransport
 
-ROUTERS = (openai.router, health.router, admin.router)
+ROUTERS = (openai.router, anthropic.router, health.router, admin.router)
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_on_the_routes_sit_flat_on_the_app_as_admitted_routes(switch: Any) -> No
     # Declared anew for this app: overrides set on it reach FastAPI's own handler.
     assert all(r.dependency_overrides_provider is app for r in routes)
     by_path = {r.path: r for r in routes}
-    for path in ("/v1/chat/completions", "/v1/embeddings"):  # no resolver per request
+    for path in ("/v1/chat/completions", "/v1/embeddings", "/v1/messages"):  # no resolver
         assert by_path[path].get_route_handler().__qualname__.startswith("AdmittedRoute."), path
     assert fastpath.selected() is True
 

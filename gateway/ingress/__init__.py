@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.ingress.anthropic import ANTHROPIC
 from gateway.ingress.base import Codec
 from gateway.ingress.openai import OPENAI
 
-__all__ = ["OPENAI", "SCOPE_KEY", "Codec", "codec_for", "codec_of"]
+__all__ = ["ANTHROPIC", "OPENAI", "SCOPE_KEY", "Codec", "codec_for", "codec_of"]
 
 SCOPE_KEY = "gateway.ingress"
 
-# Path prefixes whose clients speak another API than OpenAI's: one line per ingress,
-# e.g. ("/v1/messages", ANTHROPIC) for the Anthropic Messages API.
-_CLAIMED: tuple[tuple[str, Codec], ...] = ()
+# Path prefixes whose clients speak another API than OpenAI's: one line per ingress.
+_CLAIMED: tuple[tuple[str, Codec], ...] = (("/v1/messages", ANTHROPIC),)
 
 
 def codec_for(path: str) -> Codec:

@@ -11,13 +11,14 @@ request-context middleware chose by path (gateway/ingress/__init__.py).
 
 A codec holds no per-request state: a stream that needs some (an ingress whose
 events number their content blocks) gets it from ``chunk_encoder``, called
-once per stream.
+once per stream, which then returns a ``StreamEncoder``: its own last frames
+(the end, a failure) follow from what it sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from starlette.responses import Response
 
@@ -33,6 +34,26 @@ from gateway.schemas.openai import (
 # Turns a canonical chunk into the bytes of its frame(s); None: nothing to send for it.
 ChunkEncoder = Callable[[ChatCompletionChunk], bytes | None]
 RawHeaders = list[tuple[bytes, bytes]]
+
+
+class StreamEncoder:
+    """One stream's framing, for an ingress whose last frames depend on what was sent
+    (Anthropic's closes its open content block and reports the usage at the end).
+    The pipeline asks ``isinstance`` once per stream; an encoder that is a plain
+    function uses the codec's ``done_frame`` and ``error_frame``."""
+
+    __slots__ = ()
+
+    def __call__(self, chunk: ChatCompletionChunk) -> bytes | None:
+        raise NotImplementedError
+
+    def done_frame(self) -> bytes | None:
+        """The frames that end a complete stream."""
+        raise NotImplementedError
+
+    def error_frame(self, error: GatewayError) -> bytes:
+        """The frames that end a stream failed after its headers."""
+        raise NotImplementedError
 
 
 class Codec(Protocol):
@@ -58,8 +79,12 @@ class Codec(Protocol):
         """A non-stream chat answer's body."""
         ...
 
-    def chunk_encoder(self, request: ChatCompletionRequest) -> ChunkEncoder:
-        """The framing of one stream's chunks; called once per stream, never per chunk."""
+    def chunk_encoder(
+        self, request: ChatCompletionRequest, prompt_tokens: int = 0
+    ) -> ChunkEncoder | StreamEncoder:
+        """The framing of one stream's chunks; called once per stream, never per chunk.
+        ``prompt_tokens``: the admission's estimate, for an ingress that reports the
+        input's size before the upstream has counted it."""
         ...
 
     def rate_headers(self, state: LimitsState) -> RawHeaders:
@@ -71,3 +96,12 @@ class EmbeddingCodec(Codec, Protocol):
     """An ingress that also has an embeddings endpoint."""
 
     def embeddings(self, answer: EmbeddingResponse) -> bytes: ...
+
+
+class RelayCodec(Codec, Protocol):
+    """An ingress whose API a provider may speak natively: its answers and events are
+    relayed as the upstream sent them, only ``model`` set to the gateway's name."""
+
+    def native_answer(self, answer: dict[str, Any], model: str) -> bytes: ...
+
+    def relay_encoder(self, model: str) -> Callable[[Any], bytes]: ...

@@ -92,7 +92,7 @@ class OpenAICodec:
     def embeddings(self, answer: EmbeddingResponse) -> bytes:
         return _EMBEDDINGS.dump(answer, exclude_unset=True)
 
-    def chunk_encoder(self, request: ChatCompletionRequest) -> ChunkEncoder:
+    def chunk_encoder(self, request: ChatCompletionRequest, prompt_tokens: int = 0) -> ChunkEncoder:
         options = request.stream_options
         return _frame if options is not None and options.include_usage else _frame_without_usage
 

@@ -6,7 +6,9 @@ request models, and answers with canonical models or typed ``GatewayError``s.
 It imports nothing of FastAPI and no vendor SDK.
 
 Chat is what every provider does; embeddings are an optional capability
-(``EmbeddingProvider``), asked with ``supports_embeddings``. A provider that
+(``EmbeddingProvider``), asked with ``supports_embeddings``, and so is speaking
+Anthropic's Messages API natively (``MessagesProvider``, ``speaks_messages``),
+which lets the Anthropic ingress pass a client's own request through. A provider that
 calls an HTTP API builds on ``providers/http.py``'s ``HTTPProvider``.
 """
 
@@ -16,7 +18,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, TypeGuard, runtime_checkable
+from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 from gateway.config import Deployment, ProviderConfig, Timeouts
 from gateway.schemas.openai import (
@@ -25,13 +27,17 @@ from gateway.schemas.openai import (
     ChatCompletionRequest,
     EmbeddingRequest,
     EmbeddingResponse,
+    Usage,
 )
 
 __all__ = [
     "CallContext",
     "ChunkStream",
     "EmbeddingProvider",
+    "MessagesProvider",
     "Provider",
+    "RelayedEvents",
+    "speaks_messages",
     "supports_embeddings",
 ]
 
@@ -82,6 +88,35 @@ class EmbeddingProvider(Provider, Protocol):
     """A provider that also serves embeddings."""
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse: ...
+
+
+class RelayedEvents(Protocol):
+    """A relayed stream's upstream events, and the usage they reported so far."""
+
+    def __aiter__(self) -> AsyncIterator[Any]: ...
+
+    @property
+    def usage(self) -> Usage | None: ...
+
+
+@runtime_checkable
+class MessagesProvider(Provider, Protocol):
+    """A provider that speaks Anthropic's Messages API natively: a client of the Messages
+    ingress reaches it with its own body (only ``model`` replaced), and gets the upstream's
+    answer or events relayed, never a round trip through the canonical shape."""
+
+    async def messages(self, body: bytes, ctx: CallContext) -> tuple[dict[str, Any], Usage]:
+        """The parsed answer, and its usage in the gateway's convention."""
+        ...
+
+    def messages_stream(
+        self, body: bytes, ctx: CallContext
+    ) -> AbstractAsyncContextManager[RelayedEvents]: ...
+
+
+def speaks_messages(provider: Provider) -> TypeGuard[MessagesProvider]:
+    """Whether ``provider`` speaks the Messages API natively (an attribute look-up)."""
+    return callable(getattr(provider, "messages_stream", None))
 
 
 def supports_embeddings(provider: Provider) -> TypeGuard[EmbeddingProvider]:

@@ -5,7 +5,11 @@ same words), usage is reported, and a request scripts timing and faults with
 a ``mock`` body field (docs/configuration.md, "The mock provider")::
 
     "mock": {"status": 500, "ttft_ms": 200, "tokens_per_s": 50, "chunks": 20,
-             "cut_after": 3, "malformed_after": 3, "delay_ms": 0}
+             "cut_after": 3, "malformed_after": 3, "delay_ms": 0, "tool_calls": 2}
+
+A request with function tools is answered with tool calls when its ``tool_choice``
+or its script asks for them (``gateway/providers/mock_tools.py``), streamed as
+OpenAI streams them; a tool's result is answered with text.
 
 The same generator backs ``gateway mock-upstream`` (``gateway/mockserver.py``),
 which serves it over HTTP as an OpenAI-compatible server; in-process, faults
@@ -20,8 +24,9 @@ import hashlib
 import random
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -35,6 +40,7 @@ from gateway.errors import (
     upstream_status_error,
 )
 from gateway.providers.base import CallContext
+from gateway.providers.mock_tools import MAX_TOOL_CALLS, MockCall, planned_calls
 from gateway.schemas.messages import TextPart
 from gateway.schemas.openai import (
     ChatCompletion,
@@ -105,6 +111,8 @@ MIN_TOKENS_PER_S = 0.1
 MAX_TOKENS_PER_S = 1_000_000
 MAX_RETRY_AFTER_S = 3600
 MAX_MESSAGE = 4096
+# A tool call streams as its name, then its arguments in at most three pieces.
+CHUNKS_PER_CALL = 4
 
 
 class MockScript(BaseModel):
@@ -123,6 +131,7 @@ class MockScript(BaseModel):
     chunks: int | None = Field(default=None, ge=1, le=MAX_CHUNKS)
     cut_after: int | None = Field(default=None, ge=0, le=MAX_CHUNKS + 2)
     malformed_after: int | None = Field(default=None, ge=0, le=MAX_CHUNKS + 2)
+    tool_calls: int | None = Field(default=None, ge=1, le=MAX_TOOL_CALLS)
 
     @classmethod
     def from_request(cls, request: BaseModel) -> MockScript:
@@ -137,7 +146,8 @@ class MockScript(BaseModel):
             raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
         # Each knob is bounded; so is what they make together (100,000 chunks at 0.1/s
         # would be eleven days).
-        seconds = script.delay_ms / 1000 + script.pause(script.chunks or DEFAULT_TOKENS)
+        longest = max(script.chunks or DEFAULT_TOKENS, CHUNKS_PER_CALL * (script.tool_calls or 1))
+        seconds = script.delay_ms / 1000 + script.pause(longest)
         if seconds > MAX_WAIT_MS / 1000:
             raise InvalidRequest(
                 f"mock: the scripted answer would take {seconds:,.0f} s; "
@@ -150,14 +160,15 @@ class MockScript(BaseModel):
     def interval(self) -> float:
         return 1.0 / self.tokens_per_s if self.tokens_per_s else 0.0
 
-    def pause(self, tokens: int) -> float:
-        """Seconds a whole answer of ``tokens`` takes: the first token, then the pace."""
-        return self.ttft_ms / 1000 + self.interval * max(0, tokens - 1)
+    def pause(self, steps: int) -> float:
+        """Seconds a whole answer of ``steps`` chunks (``MockAnswer.steps``) takes: the
+        first, then the pace."""
+        return self.ttft_ms / 1000 + self.interval * max(0, steps - 1)
 
-    def breaks(self, tokens: int) -> bool:
-        """Whether a scripted fault falls within the answer: as a stream it is the tokens,
-        a finish chunk and a usage chunk, and a fault past them never fires."""
-        chunks = tokens + 2
+    def breaks(self, steps: int) -> bool:
+        """Whether a scripted fault falls within the answer: as a stream it is ``steps``
+        chunks, a finish chunk and a usage chunk, and a fault past them never fires."""
+        chunks = steps + 2
         return any(x is not None and x < chunks for x in (self.cut_after, self.malformed_after))
 
 
@@ -194,10 +205,10 @@ def completion_tokens(request: ChatCompletionRequest, script: MockScript) -> lis
     return [words[0].capitalize(), *(" " + w for w in words[1:])]
 
 
-def usage_for(request: ChatCompletionRequest, tokens: list[str]) -> Usage:
+def usage_for(request: ChatCompletionRequest, completion: int) -> Usage:
     prompt = estimate_tokens(prompt_text(request)) + 3 * len(request.messages)
     return Usage(
-        prompt_tokens=prompt, completion_tokens=len(tokens), total_tokens=prompt + len(tokens)
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
     )
 
 
@@ -214,30 +225,84 @@ def new_id() -> str:
     return f"chatcmpl-mock{random.getrandbits(64):016x}"
 
 
-def build_completion(
-    request: ChatCompletionRequest, script: MockScript, model: str
-) -> ChatCompletion:
+@dataclass(frozen=True, slots=True)
+class MockAnswer:
+    """What the mock says to one request: text tokens, or tool calls."""
+
+    tokens: list[str]  # one a chunk; none when the answer is tool calls
+    calls: list[MockCall]
+    finish_reason: str
+    usage: Usage
+
+    @property
+    def steps(self) -> int:
+        """The chunks before the finish chunk: a token each, or a call's name and pieces."""
+        if self.calls:
+            return sum(1 + len(call.pieces()) for call in self.calls)
+        return len(self.tokens)
+
+
+_NO_CALL_CHOICES = (None, "auto", "none")
+
+
+def plan_answer(request: ChatCompletionRequest, script: MockScript) -> MockAnswer:
+    """The answer to ``request``; an InvalidRequest if it asks for calls it cannot have.
+
+    Tool calls are whole whatever ``max_tokens`` says (their arguments always parse),
+    and their usage is estimated from their names and arguments."""
+    if script.tool_calls or (request.tools and request.tool_choice not in _NO_CALL_CHOICES):
+        seed = hashlib.sha256(f"{len(request.messages)}\n{prompt_text(request)}".encode()).digest()
+        calls = planned_calls(request, script.tool_calls, seed, _WORDS)
+        if calls:
+            completion = sum(estimate_tokens(c.name) + estimate_tokens(c.arguments) for c in calls)
+            return MockAnswer([], calls, "tool_calls", usage_for(request, completion))
     tokens = completion_tokens(request, script)
+    return MockAnswer(
+        tokens, [], _finish_reason(request, script, tokens), usage_for(request, len(tokens))
+    )
+
+
+def build_completion(answer: MockAnswer, model: str) -> ChatCompletion:
+    if answer.calls:
+        message = ChatCompletionMessage(
+            role="assistant", content=None, tool_calls=[c.as_dict() for c in answer.calls]
+        )
+    else:
+        message = ChatCompletionMessage(role="assistant", content="".join(answer.tokens))
     return ChatCompletion(
         id=new_id(),
         created=int(time.time()),
         model=model,
-        choices=[
-            Choice(
-                index=0,
-                message=ChatCompletionMessage(role="assistant", content="".join(tokens)),
-                finish_reason=_finish_reason(request, script, tokens),
-            )
-        ],
-        usage=usage_for(request, tokens),
+        choices=[Choice(index=0, message=message, finish_reason=answer.finish_reason)],
+        usage=answer.usage,
     )
 
 
+def _deltas(answer: MockAnswer) -> Iterator[ChoiceDelta]:
+    """The answer's deltas before the finish, made as they are sent, as OpenAI streams
+    them: a token each; or for each tool call its id and name (``arguments: ""``), then
+    its arguments in pieces."""
+    for i, token in enumerate(answer.tokens):
+        yield ChoiceDelta(role="assistant", content=token) if i == 0 else ChoiceDelta(content=token)
+    for i, call in enumerate(answer.calls):
+        head = {
+            "index": i,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        if i == 0:
+            yield ChoiceDelta(role="assistant", content=None, tool_calls=[head])
+        else:
+            yield ChoiceDelta(tool_calls=[head])
+        for piece in call.pieces():
+            yield ChoiceDelta(tool_calls=[{"index": i, "function": {"arguments": piece}}])
+
+
 async def generate_chunks(
-    request: ChatCompletionRequest, script: MockScript, model: str
+    answer: MockAnswer, script: MockScript, model: str
 ) -> AsyncIterator[ChatCompletionChunk]:
     """The stream of an answer, paced by the script; faults are the caller's."""
-    tokens = completion_tokens(request, script)
     chunk_id, created = new_id(), int(time.time())
 
     def chunk(delta: ChoiceDelta, finish: str | None = None) -> ChatCompletionChunk:
@@ -251,15 +316,13 @@ async def generate_chunks(
     if script.ttft_ms:
         await asyncio.sleep(script.ttft_ms / 1000)
     interval = script.interval
-    for i, token in enumerate(tokens):
+    for i, delta in enumerate(_deltas(answer)):
         if i and interval:
             await asyncio.sleep(interval)
-        yield chunk(
-            ChoiceDelta(role="assistant", content=token) if i == 0 else ChoiceDelta(content=token)
-        )
-    yield chunk(ChoiceDelta(), _finish_reason(request, script, tokens))
+        yield chunk(delta)
+    yield chunk(ChoiceDelta(), answer.finish_reason)
     yield ChatCompletionChunk(
-        id=chunk_id, created=created, model=model, choices=[], usage=usage_for(request, tokens)
+        id=chunk_id, created=created, model=model, choices=[], usage=answer.usage
     )
 
 
@@ -316,15 +379,15 @@ class MockProvider:
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> ChatCompletion:
         script = MockScript.from_request(request)
         await self._before(script)
-        answer = build_completion(request, script, ctx.deployment.model)
-        if script.breaks(answer.usage.completion_tokens):
+        answer = plan_answer(request, script)
+        if script.breaks(answer.steps):
             raise UpstreamUnavailable(
                 "the upstream sent a malformed answer (mock fault)", reason=Reason.MALFORMED
             )
-        pause = script.pause(answer.usage.completion_tokens)
+        pause = script.pause(answer.steps)
         if pause:
             await asyncio.sleep(pause)
-        return answer
+        return build_completion(answer, ctx.deployment.model)
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
         await self._before(MockScript.from_request(request))
@@ -336,7 +399,8 @@ class MockProvider:
     ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
         script = MockScript.from_request(request)
         await self._before(script)
-        chunks = _faulty(generate_chunks(request, script, ctx.deployment.model), script)
+        answer = plan_answer(request, script)
+        chunks = _faulty(generate_chunks(answer, script, ctx.deployment.model), script)
         try:
             yield chunks
         finally:

@@ -21,6 +21,7 @@ from pydantic_core import to_json
 
 from gateway.config import ProviderConfig
 from gateway.errors import Reason, UpstreamError, UpstreamUnavailable
+from gateway.fastpath import ModelJSON, model_json
 from gateway.providers.base import CallContext
 from gateway.providers.failures import json_body, malformed, status_error
 from gateway.providers.http import Endpoint, HTTPProvider
@@ -36,6 +37,10 @@ from gateway.schemas.openai import (
 from gateway.transport import Upstream
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+_ANSWER = ModelJSON(ChatCompletion)
+_CHUNK = ModelJSON(ChatCompletionChunk)
+_EMBEDDINGS = ModelJSON(EmbeddingResponse)
 
 
 class OpenAIProvider(HTTPProvider):
@@ -59,6 +64,10 @@ class OpenAIProvider(HTTPProvider):
         return self._body(request, ctx, stream=stream)
 
     def _body(self, request: BaseModel, ctx: CallContext, *, stream: bool | None = None) -> bytes:
+        sent = model_json(type(request)).dump(request, exclude_unset=True)
+        body = _forwarded(sent, request, ctx.deployment.model, stream)
+        if body is not None:
+            return body
         payload = request.model_dump(mode="json", exclude_unset=True)
         payload["model"] = ctx.deployment.model
         if stream is not None:
@@ -70,7 +79,7 @@ class OpenAIProvider(HTTPProvider):
 
     def chat_answer(self, content: bytes, ctx: CallContext) -> ChatCompletion:
         try:
-            return ChatCompletion.model_validate_json(content)
+            return _ANSWER.load(content)
         except ValidationError as exc:
             raise malformed(exc) from None
 
@@ -94,9 +103,39 @@ class OpenAIProvider(HTTPProvider):
             self.request_headers(request, ctx),
         )
         try:
-            return EmbeddingResponse.model_validate_json(content)
+            return _EMBEDDINGS.load(content)
         except ValidationError as exc:
             raise malformed(exc) from None
+
+
+def _forwarded(sent: bytes, request: BaseModel, model: str, stream: bool | None) -> bytes | None:
+    """What ``_body``'s dict below makes of ``request``, written from ``sent`` (its own
+    JSON, ``exclude_unset``) instead: the same bytes, without building the dict.
+
+    ``model`` is always the first key (the first field, and required): the
+    deployment's name goes in its place. ``stream`` and ``stream_options`` the client
+    left out go last, in that order, as the dict adds them. None when a value the
+    client did send would change in place (``"stream": null``, ``stream_options``
+    without ``include_usage``): the dict writes that one.
+    """
+    head = b'{"model":' + to_json(request.model) + b","  # type: ignore[attr-defined]
+    if not sent.startswith(head):
+        return None
+    tail = b""
+    if stream is not None:
+        fields = request.model_fields_set
+        if "stream" not in fields:
+            tail = b',"stream":true' if stream else b',"stream":false'
+        elif request.stream is not stream:  # type: ignore[attr-defined]
+            return None
+        if stream:
+            if "stream_options" not in fields:
+                tail += b',"stream_options":{"include_usage":true}'
+            else:
+                options = request.stream_options  # type: ignore[attr-defined]
+                if options is None or options.include_usage is not True:
+                    return None
+    return b'{"model":' + to_json(model) + b"," + sent[len(head) : -1] + tail + b"}"
 
 
 class _Chunks(SSEStream):
@@ -116,7 +155,7 @@ class _Chunks(SSEStream):
         if data == b"[DONE]":
             raise StopAsyncIteration
         try:
-            chunk = ChatCompletionChunk.model_validate_json(data)
+            chunk = _CHUNK.load(data)
         except ValidationError as exc:
             raise self._error_event(data) or malformed(exc) from None
         if not self._finished:

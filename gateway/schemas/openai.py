@@ -105,7 +105,14 @@ class _Request(_Open):
         try:
             return super().model_validate_json(json_data, **kwargs)
         except ValidationError as exc:
-            raise for_client(cls, exc) from None
+            raise cls.client_error(exc) from None
+
+    @classmethod
+    def client_error(cls, exc: ValidationError) -> ValidationError:
+        """``exc`` as ``model_validate_json`` raises it. A reader that validates
+        without that wrapper (gateway/fastpath.py ``ModelJSON.load``) raises this,
+        so a refusal reads the same whichever way the body was read."""
+        return for_client(cls, exc)
 
 
 class ChatCompletionRequest(_Request):

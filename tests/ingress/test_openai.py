@@ -199,7 +199,7 @@ class PlainCodec:
     def completion(self, answer: ChatCompletion) -> bytes:
         return b""
 
-    def chunk_encoder(self, request: ChatCompletionRequest) -> ChunkEncoder:
+    def chunk_encoder(self, request: ChatCompletionRequest, prompt_tokens: int = 0) -> ChunkEncoder:
         return lambda chunk: None
 
     def rate_headers(self, state: LimitsState) -> RawHeaders:

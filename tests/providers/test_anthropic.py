@@ -226,8 +226,8 @@ async def test_headers_and_url(router: respx.Router, provider: AnthropicProvider
 
 def test_default_base_url_is_the_bare_origin(upstream: Upstream) -> None:
     provider = AnthropicProvider("c", ProviderConfig(type="anthropic", api_key=SECRET), upstream)
-    assert str(provider.messages.url) == "https://api.anthropic.com/v1/messages"
-    assert provider.messages.route == "POST /v1/messages"
+    assert str(provider.messages_endpoint.url) == "https://api.anthropic.com/v1/messages"
+    assert provider.messages_endpoint.route == "POST /v1/messages"
 
 
 async def test_client_version_and_beta_headers_are_forwarded(

@@ -1,12 +1,20 @@
-"""gateway/providers/mock.py: deterministic answers, usage, embeddings and scripted faults."""
+"""gateway/providers/mock.py: deterministic answers, tool calls, usage, embeddings and
+scripted faults."""
 
 from __future__ import annotations
 
 import base64
+import datetime
+import enum
 import json
+import re
 import struct
+import time
 from typing import Any
 
+import openai
+import openai.types.chat as openai_types
+import pydantic
 import pytest
 
 from gateway.config import Deployment, ProviderConfig
@@ -334,3 +342,477 @@ async def test_earliest_fault_wins(provider: MockProvider) -> None:
 async def test_stream_faults_fail_a_chat(provider: MockProvider, field: str) -> None:
     with pytest.raises(UpstreamUnavailable):
         await provider.chat(chat(mock={field: 3}), CTX)
+
+
+# ---------------------------------------------------------------- tool calls
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer"},
+                "detail": {"type": "number"},
+                "alerts": {"type": "boolean"},
+                "where": {"type": "object"},
+                "tags": {"type": "array", "items": {"type": "string"}},
+                "optional_note": {"type": "string"},
+            },
+            "required": ["city", "unit", "days", "detail", "alerts", "where", "tags"],
+        },
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "get_time"}}  # no parameters at all
+TOOLS = [WEATHER, CLOCK]
+
+
+def tools_chat(prompt: str = "What is the weather in Paris?", **fields: Any):
+    return chat(prompt, tools=TOOLS, **fields)
+
+
+def reassembled(chunks: list[ChatCompletionChunk]) -> dict[int, dict[str, Any]]:
+    """Tool calls put together from their deltas, as a client does: by index."""
+    calls: dict[int, dict[str, Any]] = {}
+    for c in chunks:
+        for delta_call in (
+            (c.choices[0].delta.model_extra or {}).get("tool_calls", []) if c.choices else []
+        ):
+            call = calls.setdefault(delta_call["index"], {"arguments": ""})
+            for key in ("id", "type"):
+                if key in delta_call:
+                    call[key] = delta_call[key]
+            function = delta_call.get("function", {})
+            if "name" in function:
+                call["name"] = function["name"]
+            call["arguments"] += function.get("arguments", "")
+    return calls
+
+
+def sdk_completion(answer) -> openai_types.ChatCompletion:
+    return openai_types.ChatCompletion.model_validate_json(
+        answer.model_dump_json(exclude_unset=True)
+    )
+
+
+async def test_required_tool_choice_calls_the_first_tool(provider: MockProvider) -> None:
+    answer = sdk_completion(await provider.chat(tools_chat(tool_choice="required"), CTX))
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert re.fullmatch(r"call_[0-9a-f]{24}", call.id)
+    assert call.type == "function"
+    assert call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    assert arguments == {
+        "city": arguments["city"],
+        "unit": "celsius",
+        "days": 1,
+        "detail": 1,
+        "alerts": True,
+        "where": {},
+        "tags": [],
+    }
+    assert isinstance(arguments["city"], str)
+    assert arguments["city"]
+    assert answer.usage is not None
+    assert answer.usage.completion_tokens > 0
+    assert answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+
+
+async def test_tool_calls_are_deterministic(provider: MockProvider) -> None:
+    a = await provider.chat(tools_chat(tool_choice="required"), CTX)
+    b = await provider.chat(tools_chat(tool_choice="required"), CTX)
+    other = await provider.chat(tools_chat("And in Rome?", tool_choice="required"), CTX)
+    calls = [x.choices[0].message.model_extra["tool_calls"] for x in (a, b, other)]
+    assert calls[0] == calls[1]
+    assert calls[0][0]["id"] != calls[2][0]["id"]
+
+
+async def test_named_function_is_the_one_called(provider: MockProvider) -> None:
+    choice = {"type": "function", "function": {"name": "get_time"}}
+    answer = sdk_completion(await provider.chat(tools_chat(tool_choice=choice), CTX))
+    [call] = answer.choices[0].message.tool_calls
+    assert call.function.name == "get_time"
+    assert call.function.arguments == "{}"
+
+
+async def test_named_function_not_among_the_tools_is_refused(provider: MockProvider) -> None:
+    choice = {"type": "function", "function": {"name": "launch"}}
+    with pytest.raises(InvalidRequest) as info:
+        await provider.chat(tools_chat(tool_choice=choice), CTX)
+    assert info.value.param == "tool_choice.function.name"
+
+
+async def test_allowed_tools_in_required_mode_calls_the_first_allowed(
+    provider: MockProvider,
+) -> None:
+    allowed = {
+        "mode": "required",
+        "tools": [{"type": "function", "function": {"name": "get_time"}}],
+    }
+    choice = {"type": "allowed_tools", "allowed_tools": allowed}
+    answer = sdk_completion(await provider.chat(tools_chat(tool_choice=choice), CTX))
+    assert [c.function.name for c in answer.choices[0].message.tool_calls] == ["get_time"]
+    auto = {"type": "allowed_tools", "allowed_tools": {**allowed, "mode": "auto"}}
+    answer = sdk_completion(await provider.chat(tools_chat(tool_choice=auto), CTX))
+    assert answer.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("tool_choice", [None, "auto", "none"])
+async def test_tools_without_a_demand_get_text(provider: MockProvider, tool_choice) -> None:
+    fields = {} if tool_choice is None else {"tool_choice": tool_choice}
+    answer = await provider.chat(tools_chat(**fields), CTX)
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.choices[0].message.content
+    assert "tool_calls" not in (answer.choices[0].message.model_extra or {})
+
+
+async def test_script_asks_for_n_calls_to_the_tools_in_order(provider: MockProvider) -> None:
+    answer = sdk_completion(await provider.chat(tools_chat(mock={"tool_calls": 3}), CTX))
+    calls = answer.choices[0].message.tool_calls
+    assert [c.function.name for c in calls] == ["get_weather", "get_time", "get_weather"]
+    assert len({c.id for c in calls}) == 3
+    assert answer.choices[0].finish_reason == "tool_calls"
+
+
+async def test_script_with_a_named_function_calls_it_n_times(provider: MockProvider) -> None:
+    choice = {"type": "function", "function": {"name": "get_time"}}
+    request = tools_chat(tool_choice=choice, mock={"tool_calls": 2})
+    answer = sdk_completion(await provider.chat(request, CTX))
+    assert [c.function.name for c in answer.choices[0].message.tool_calls] == ["get_time"] * 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"mock": {"tool_calls": 1}}, "mock.tool_calls"),
+        (
+            {
+                "tools": [{"type": "custom", "custom": {"name": "grep"}}],
+                "mock": {"tool_calls": 1},
+            },
+            "mock.tool_calls",
+        ),
+        (
+            {"tools": [{"type": "custom", "custom": {"name": "grep"}}], "tool_choice": "required"},
+            "tool_choice",
+        ),
+    ],
+)
+@pytest.mark.parametrize("call", ["chat", "stream"])
+async def test_calls_without_function_tools_are_refused(
+    provider: MockProvider, fields: dict[str, Any], param: str, call: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        if call == "chat":
+            await provider.chat(chat(**fields), CTX)
+        else:
+            async with provider.stream(chat(**fields), CTX):
+                pytest.fail("the stream must fail on entry")
+    assert info.value.param == param
+
+
+@pytest.mark.parametrize(
+    ("script", "message"),
+    [
+        ({"tool_calls": 0}, "mock.tool_calls: Input should be greater than or equal to 1"),
+        ({"tool_calls": 17}, "mock.tool_calls: Input should be less than or equal to 16"),
+        (
+            {"tool_calls": 1.5},
+            "mock.tool_calls: Input should be a valid integer, got a number with a fractional part",
+        ),
+    ],
+)
+async def test_tool_calls_script_is_bounded(
+    provider: MockProvider, script: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        await provider.chat(tools_chat(mock=script), CTX)
+    assert info.value.param == "mock.tool_calls"
+    assert info.value.message == message
+
+
+def conversation(answer) -> list[dict[str, Any]]:
+    """The first turn, the assistant's tool calls and a result for each."""
+    calls = answer.choices[0].message.model_extra["tool_calls"]
+    return [
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *({"role": "tool", "tool_call_id": c["id"], "content": '{"temp": 21}'} for c in calls),
+    ]
+
+
+@pytest.mark.parametrize(
+    "fields", [{"tool_choice": "required"}, {"mock": {"tool_calls": 2}}], ids=["choice", "script"]
+)
+async def test_a_tool_result_is_answered_with_text(
+    provider: MockProvider, fields: dict[str, Any]
+) -> None:
+    first = await provider.chat(tools_chat(**fields), CTX)
+    assert first.choices[0].finish_reason == "tool_calls"
+    body = {"model": "mock-chat", "messages": conversation(first), "tools": TOOLS, **fields}
+    second_request = ChatCompletionRequest.model_validate_json(json.dumps(body))
+    second = sdk_completion(await provider.chat(second_request, CTX))
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content
+    assert second.choices[0].message.tool_calls is None
+    chunks = await stream_all(provider, second_request)
+    assert text_of(chunks) == second.choices[0].message.content
+
+
+async def test_streamed_tool_calls_in_openai_shape(provider: MockProvider) -> None:
+    request = tools_chat(mock={"tool_calls": 2})
+    answer = await provider.chat(request, CTX)
+    chunks = await stream_all(provider, request)
+    for c in chunks:  # each chunk is one the SDK reads
+        openai_types.ChatCompletionChunk.model_validate_json(c.model_dump_json(exclude_unset=True))
+    deltas = [c.choices[0].delta.model_extra["tool_calls"] for c in chunks[:-2]]
+    assert all(len(d) == 1 for d in deltas)
+    heads = [i for i, d in enumerate(deltas) if "id" in d[0]]
+    assert len(heads) == 2
+    for n, start in enumerate(heads):
+        head = deltas[start][0]
+        assert head == {
+            "index": n,
+            "id": head["id"],
+            "type": "function",
+            "function": {"name": head["function"]["name"], "arguments": ""},
+        }
+        end = heads[n + 1] if n + 1 < len(heads) else len(deltas)
+        pieces = deltas[start + 1 : end]
+        assert 2 <= len(pieces) <= 3
+        assert all(p[0].keys() == {"index", "function"} and p[0]["index"] == n for p in pieces)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason == "tool_calls"
+    assert chunks[-2].choices[0].delta.model_dump(exclude_unset=True) == {}
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage == answer.usage
+    expected = answer.choices[0].message.model_extra["tool_calls"]
+    got = reassembled(chunks)
+    assert [
+        {
+            "id": c["id"],
+            "type": "function",
+            "function": {"name": c["name"], "arguments": c["arguments"]},
+        }
+        for _, c in sorted(got.items())
+    ] == expected
+    for call in got.values():
+        assert isinstance(json.loads(call["arguments"]), dict)
+
+
+async def test_tool_call_stream_is_paced(provider: MockProvider) -> None:
+    # One call to get_weather: its name and three pieces, 0.05 s apart after the first.
+    request = tools_chat(tool_choice="required", mock={"tokens_per_s": 20, "ttft_ms": 50})
+    started = time.monotonic()
+    arrivals = []
+    async with provider.stream(request, CTX) as chunks:
+        async for _ in chunks:
+            arrivals.append(time.monotonic() - started)
+    assert len(arrivals) == 4 + 2
+    assert arrivals[0] >= 0.045
+    assert arrivals[3] - arrivals[0] >= 0.14
+    started = time.monotonic()
+    await provider.chat(request, CTX)
+    assert time.monotonic() - started >= 0.19
+
+
+@pytest.mark.parametrize("n", [0, 2, 5])
+async def test_tool_call_stream_cut_after_n_chunks(provider: MockProvider, n: int) -> None:
+    got: list[ChatCompletionChunk] = []
+    with pytest.raises(UpstreamUnavailable):
+        async with provider.stream(tools_chat(mock={"tool_calls": 2, "cut_after": n}), CTX) as s:
+            async for c in s:
+                got.append(c)
+    assert len(got) == n
+
+
+async def test_tool_call_chat_fails_on_a_fault_within_it(provider: MockProvider) -> None:
+    with pytest.raises(UpstreamUnavailable):
+        await provider.chat(tools_chat(tool_choice="required", mock={"malformed_after": 5}), CTX)
+    # A fault past the answer (4 chunks, finish, usage) never fires.
+    answer = await provider.chat(tools_chat(tool_choice="required", mock={"cut_after": 6}), CTX)
+    assert answer.choices[0].finish_reason == "tool_calls"
+
+
+async def test_max_tokens_does_not_cut_tool_calls(provider: MockProvider) -> None:
+    answer = sdk_completion(
+        await provider.chat(tools_chat(tool_choice="required", max_tokens=1), CTX)
+    )
+    assert answer.choices[0].finish_reason == "tool_calls"
+    json.loads(answer.choices[0].message.tool_calls[0].function.arguments)
+
+
+class Anything:
+    """Equal to any value ``check`` accepts."""
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+
+    def __eq__(self, other: object) -> bool:
+        return bool(self.check(other))
+
+
+# The arguments a schema gets: its required properties, filled by type.
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        (None, {}),
+        ({"type": "object", "properties": {}}, {}),
+        ({"type": "object", "properties": {"a": {"type": "string"}}}, {}),  # not required
+        (
+            {
+                "type": "object",
+                "properties": {"n": {"type": "integer", "minimum": 5}},
+                "required": ["n"],
+            },
+            {"n": 5},
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {
+                    "low": {"type": "number", "maximum": 0.5},
+                    "x": {"type": "integer", "exclusiveMinimum": 1},
+                },
+                "required": ["low", "x"],
+            },
+            {"low": 0.5, "x": 2},
+        ),
+        (
+            {"type": "object", "properties": {"k": {"const": "fixed"}}, "required": ["k"]},
+            {"k": "fixed"},
+        ),
+        (
+            {"type": "object", "properties": {"e": {"enum": [3, "three"]}}, "required": ["e"]},
+            {"e": 3},
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"m": {"type": ["null", "boolean"]}, "z": {"type": "null"}},
+                "required": ["m", "z"],
+            },
+            {"m": True, "z": None},
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"o": {"anyOf": [{"type": "null"}, {"type": "integer"}]}},
+                "required": ["o"],
+            },
+            {"o": 1},
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {
+                    "inner": {
+                        "type": "object",
+                        "properties": {"flag": {"type": "boolean"}, "skip": {"type": "string"}},
+                        "required": ["flag"],
+                    },
+                    "list": {"type": "array", "items": {"type": "integer"}, "minItems": 2},
+                },
+                "required": ["inner", "list"],
+            },
+            {"inner": {"flag": True}, "list": [1, 1]},
+        ),
+        (
+            {
+                "allOf": [
+                    {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+                    {"properties": {"b": {"type": "boolean"}}, "required": ["b"]},
+                ]
+            },
+            {"a": 1, "b": True},
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {"p": {"$ref": "#/$defs/Point"}},
+                "required": ["p"],
+                "$defs": {
+                    "Point": {
+                        "type": "object",
+                        "properties": {"x": {"type": "number"}, "y": {"type": "number"}},
+                        "required": ["x", "y"],
+                    }
+                },
+            },
+            {"p": {"x": 1, "y": 1}},
+        ),
+        (
+            {
+                "type": "object",
+                "properties": {
+                    "at": {"type": "string", "format": "date-time"},
+                    "code": {"type": "string", "minLength": 12},
+                },
+                "required": ["at", "code"],
+            },
+            {"at": "2025-01-01T00:00:00Z", "code": Anything(lambda v: len(v) == 12)},
+        ),
+        ({"type": "string"}, {}),  # not an object: the arguments are still one
+    ],
+)
+async def test_arguments_follow_the_schema(
+    provider: MockProvider, parameters: dict[str, Any] | None, expected: dict[str, Any]
+) -> None:
+    tool = {"type": "function", "function": {"name": "f"}}
+    if parameters is not None:
+        tool["function"]["parameters"] = parameters
+    answer = await provider.chat(chat(tools=[tool], tool_choice="required"), CTX)
+    [call] = answer.choices[0].message.model_extra["tool_calls"]
+    assert json.loads(call["function"]["arguments"]) == expected
+
+
+async def test_arguments_of_a_recursive_schema_are_bounded(provider: MockProvider) -> None:
+    node = {
+        "type": "object",
+        "properties": {"left": {"$ref": "#/$defs/Node"}, "right": {"$ref": "#/$defs/Node"}},
+        "required": ["left", "right"],
+    }
+    parameters = {"$ref": "#/$defs/Node", "$defs": {"Node": node}}
+    tool = {"type": "function", "function": {"name": "tree", "parameters": parameters}}
+    started = time.monotonic()
+    answer = await provider.chat(chat(tools=[tool], tool_choice="required"), CTX)
+    assert time.monotonic() - started < 1
+    [call] = answer.choices[0].message.model_extra["tool_calls"]
+    arguments = json.loads(call["function"]["arguments"])
+    assert set(arguments) == {"left", "right"}
+    assert len(call["function"]["arguments"]) < 100_000
+
+
+async def test_arguments_validate_against_a_pydantic_tool(provider: MockProvider) -> None:
+    """The SDK's own strict tool (nested models, enums, $defs) parses the arguments."""
+
+    class Unit(enum.StrEnum):
+        celsius = "celsius"
+        fahrenheit = "fahrenheit"
+
+    class Place(pydantic.BaseModel):
+        city: str
+        country: str | None
+        lat: float
+
+    class Forecast(pydantic.BaseModel):
+        place: Place
+        unit: Unit
+        days: int
+        hourly: bool
+        extras: list[str]
+        start: datetime.date
+
+    tool = openai.pydantic_function_tool(Forecast)
+    answer = await provider.chat(chat(tools=[tool], tool_choice="required"), CTX)
+    [call] = answer.choices[0].message.model_extra["tool_calls"]
+    parsed = Forecast.model_validate_json(call["function"]["arguments"])
+    assert parsed.unit is Unit.celsius
+    assert parsed.days == 1

@@ -155,7 +155,10 @@ def test_an_openai_upstream_gets_what_the_client_sent(
 def test_a_rich_request_is_served_by_the_mock(client: TestClient) -> None:
     response = chat(client, {**rich(), "model": "mock-chat"})
     assert response.status_code == 200, response.text
-    assert response.json()["choices"][0]["message"]["content"]
+    # The rich request names a function in tool_choice: the mock calls it.
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"][0]["function"]["name"]
 
 
 # ---------------------------------------------------------------- types the gateway does not know

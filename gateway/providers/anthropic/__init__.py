@@ -9,7 +9,8 @@ per module:
 - ``request.py``: the request translation, and what it refuses;
 - ``answer.py``: the answer translation, stop reasons and usage;
 - ``stream.py``: the stream translation;
-- ``errors.py``: error answers and error events.
+- ``errors.py``: error answers and error events;
+- ``relay.py``: a Messages call passed through from the Anthropic ingress, relayed.
 
 What is translated, approximated and refused: docs/configuration.md ("type: anthropic").
 """

@@ -5,11 +5,17 @@ request, so that a client's own ``anthropic-version`` and ``anthropic-beta``
 (``CallContext.client_headers``, filled by an ingress that has them) can be
 forwarded instead. A header set under the provider's ``headers:`` in the config
 wins over the client's and is never sent twice.
+
+It also speaks the Messages API natively (``MessagesProvider``): a client of the
+Anthropic ingress is passed through, its body as sent (``messages``,
+``messages_stream``; relay.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from pydantic import BaseModel
@@ -18,12 +24,13 @@ from gateway.config import ProviderConfig
 from gateway.errors import UpstreamError
 from gateway.providers.anthropic.answer import completion
 from gateway.providers.anthropic.errors import error_from_response
+from gateway.providers.anthropic.relay import RelayedMessages, answer
 from gateway.providers.anthropic.request import messages_body
 from gateway.providers.anthropic.stream import MessageChunks
 from gateway.providers.base import CallContext
-from gateway.providers.http import Endpoint, HeaderList, HTTPProvider, forward_header
+from gateway.providers.http import Endpoint, HeaderList, HTTPProvider, forward_header, raw_body
 from gateway.providers.sse import SSEStream
-from gateway.schemas.openai import ChatCompletion, ChatCompletionRequest
+from gateway.schemas.openai import ChatCompletion, ChatCompletionRequest, Usage
 from gateway.transport import Upstream
 
 __all__ = ["API_VERSION", "DEFAULT_BASE_URL", "AnthropicProvider"]
@@ -38,7 +45,7 @@ class AnthropicProvider(HTTPProvider):
 
     def __init__(self, name: str, config: ProviderConfig, upstream: Upstream) -> None:
         super().__init__(name, config, upstream)
-        self.messages = self.endpoint(f"{self.base_url}/v1/messages")
+        self.messages_endpoint = self.endpoint(f"{self.base_url}/v1/messages")
         configured = {key.lower() for key in config.headers}
         # The client's headers that may be forwarded: those the config does not set.
         self._forwarded = tuple(name for name in _FORWARDED if name not in configured)
@@ -52,9 +59,9 @@ class AnthropicProvider(HTTPProvider):
         return {"x-api-key": secret}
 
     def chat_endpoint(self, ctx: CallContext, *, stream: bool) -> Endpoint:
-        return self.messages
+        return self.messages_endpoint
 
-    def request_headers(self, request: BaseModel, ctx: CallContext) -> HeaderList | None:
+    def request_headers(self, request: BaseModel | None, ctx: CallContext) -> HeaderList | None:
         client = ctx.client_headers
         if not client:
             return self._version
@@ -77,6 +84,32 @@ class AnthropicProvider(HTTPProvider):
         self, raw: AsyncIterator[bytes], ctx: CallContext, deadline: float
     ) -> SSEStream:
         return MessageChunks(raw, ctx, deadline, self.redactor)
+
+    # ------------------------------------------------------------ pass-through
+
+    async def messages(self, body: bytes, ctx: CallContext) -> tuple[dict[str, Any], Usage]:
+        """A client's own Messages body (``model`` already the upstream's), sent as it is."""
+        endpoint = self.messages_endpoint
+        content = await self.post(endpoint, body, ctx, self.request_headers(None, ctx))
+        return answer(content)
+
+    @asynccontextmanager
+    async def messages_stream(
+        self, body: bytes, ctx: CallContext
+    ) -> AsyncIterator[RelayedMessages]:
+        """The stream of a client's own Messages body: its events, relayed (relay.py)."""
+        deadline = ctx.deadline()
+        response = await self.open_stream(
+            self.messages_endpoint, body, ctx, self.request_headers(None, ctx)
+        )
+        try:
+            events = RelayedMessages(raw_body(response), ctx, deadline, self.redactor)
+            try:
+                yield events
+            finally:
+                events.close()
+        finally:
+            await response.aclose()
 
     def parse_error(
         self, endpoint: Endpoint, response: httpx.Response, body: bytes
