@@ -42,6 +42,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import Scope, Send
 
 from gateway.config import ConfigError, ServerConfig
@@ -156,9 +157,17 @@ def add_routes(app: FastAPI, routers: Iterable[APIRouter], *, bypass: bool) -> N
     ``APIRoute`` becomes an ``AdmittedRoute`` (which keeps FastAPI's handler where it
     does not apply); a route of another class keeps it. Nothing here nests or prefixes.
 
+    Flat, the routes also go before FastAPI's own (the schema and the docs pages),
+    which it declares when the app is made: a request is tried against each route in
+    turn, and those four path matches came before every model route's (README row
+    "the app's routes before FastAPI's own": ~25,000 instructions a request, ~3% of
+    the gateway's CPU in one process). Only when none of the app's routes claims one
+    of their paths, so every request still reaches the route it reached.
+
     Plain counterpart (``bypass`` false): ``app.include_router(router)`` for each, the
-    routes as they were declared.
+    routes as they were declared, after FastAPI's own.
     """
+    framework = list(app.router.routes)
     for router in routers:
         if not bypass:
             app.include_router(router)
@@ -171,6 +180,21 @@ def add_routes(app: FastAPI, routers: Iterable[APIRouter], *, bypass: bool) -> N
             app.router.add_api_route(
                 route.path, route.endpoint, route_class_override=kind, **fields
             )
+    if bypass:
+        _framework_routes_last(app, framework)
+
+
+def _framework_routes_last(app: FastAPI, framework: list[BaseRoute]) -> None:
+    routes = app.router.routes
+    if routes[: len(framework)] != framework:
+        return
+    ours = routes[len(framework) :]
+    paths = [getattr(route, "path", None) for route in framework]
+    for route in ours:
+        regex = getattr(route, "path_regex", None)
+        if regex is None or any(path is None or regex.match(path) for path in paths):
+            return
+    routes[:] = [*ours, *framework]
 
 
 # ---------------------------------------------------------------- the server (per server)
