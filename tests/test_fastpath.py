@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn.server import ServerState
@@ -126,6 +127,41 @@ def test_both_ways_publish_the_same_openapi_schema(switch: Any) -> None:
     assert _app(switch, True).openapi() == _app(switch, False).openapi()
 
 
+_FASTAPIS_OWN = ["/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"]
+
+
+def _paths(app: FastAPI) -> list[str | None]:
+    return [getattr(r, "path", None) for r in app.router.routes]
+
+
+def test_on_the_apps_routes_are_tried_before_fastapis_own(switch: Any) -> None:
+    on = _paths(_app(switch, True))
+    assert on[0] == "/v1/chat/completions"
+    assert on[-len(_FASTAPIS_OWN) :] == _FASTAPIS_OWN
+    assert _paths(_app(switch, False))[: len(_FASTAPIS_OWN)] == _FASTAPIS_OWN
+
+
+async def test_fastapis_own_routes_still_answer_from_the_end(switch: Any) -> None:
+    app = _app(switch, True)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+        for path in _FASTAPIS_OWN[:2] + _FASTAPIS_OWN[3:]:
+            assert (await client.get(path)).status_code == 200, path
+        assert (await client.post("/docs")).status_code == 405
+
+
+def test_a_route_that_claims_one_of_their_paths_keeps_fastapis_first() -> None:
+    router = APIRouter()
+
+    @router.get("/{page:path}")
+    async def page(page: str) -> str:
+        return page
+
+    app = FastAPI()
+    fastpath.add_routes(app, [router], bypass=True)
+    assert _paths(app) == [*_FASTAPIS_OWN, "/{page:path}"]
+
+
 # ---------------------------------------------------------------- serializers, per process
 
 _CHUNK = (
@@ -181,6 +217,62 @@ def test_the_switch_picks_the_serializer() -> None:
         fastpath.select(False)
         assert made.dump is fastpath._plain
         assert fastpath.ModelJSON(ChatCompletion).dump is fastpath._plain  # made after
+    finally:
+        fastpath.select(before)
+
+
+_REQUEST = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"x":[1,"\xc3\xa9"]}'
+_REFUSED = b'{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}'
+
+
+@pytest.mark.parametrize("bypass", [True, False])
+def test_load_reads_as_model_validate_json_refusals_included(bypass: bool) -> None:
+    before = fastpath.selected()
+    try:
+        fastpath.select(bypass)
+        for model, data in (
+            (ChatCompletionRequest, _REQUEST),
+            (ChatCompletion, _ANSWER),
+            (ChatCompletionChunk, _CHUNK),
+            (EmbeddingResponse, _EMBEDDINGS),
+        ):
+            assert fastpath.ModelJSON(model).load(data) == model.model_validate_json(data)
+        # A request model's own refusal: located in the client's JSON (its client_error).
+        with pytest.raises(ValidationError) as loaded:
+            fastpath.model_json(ChatCompletionRequest).load(_REFUSED)
+        with pytest.raises(ValidationError) as plain:
+            ChatCompletionRequest.model_validate_json(_REFUSED)
+        assert loaded.value.errors() == plain.value.errors()
+        assert loaded.value.errors()[0]["loc"][:2] == ("messages", 0)
+    finally:
+        fastpath.select(before)
+
+
+class _OwnRefusal(BaseModel):
+    a: int
+
+    @classmethod
+    def model_validate_json(cls, json_data: str | bytes | bytearray, **kwargs: Any) -> Any:
+        try:
+            return super().model_validate_json(json_data, **kwargs)
+        except ValidationError:
+            raise ValueError("refused its own way") from None
+
+
+def test_the_switch_picks_the_reader() -> None:
+    before = fastpath.selected()
+    made = fastpath.ModelJSON(ChatCompletion)
+    own = fastpath.ModelJSON(_OwnRefusal)
+    try:
+        fastpath.select(True)
+        assert made.load == ChatCompletion.__pydantic_validator__.validate_json
+        # An override that does not name its rewrite: read the plain way, as it refuses.
+        assert own.load == _OwnRefusal.model_validate_json
+        with pytest.raises(ValueError, match="its own way"):
+            own.load(b'{"a":"x"}')
+        fastpath.select(False)
+        assert made.load == ChatCompletion.model_validate_json
+        assert fastpath.model_json(ChatCompletion) is fastpath.model_json(ChatCompletion)
     finally:
         fastpath.select(before)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +25,7 @@ from gateway.api.middleware import RequestContextMiddleware
 from gateway.errors import GatewayError, QuotaExceeded, RateLimited, UpstreamTimeout
 from gateway.ingress import OPENAI, SCOPE_KEY, Codec, codec_for
 from gateway.ingress.base import ChunkEncoder, RawHeaders
-from gateway.ingress.openai import duration
+from gateway.ingress.openai import _reset, duration
 from gateway.limits.base import LimitsState
 from gateway.observability.logging import AccessLog
 from gateway.schemas.openai import (
@@ -164,6 +165,21 @@ def test_remaining_never_goes_below_zero() -> None:
 )  # fmt: skip
 def test_reset_durations_in_openais_form(ms: float, text: str) -> None:
     assert duration(ms) == text
+
+
+def test_the_headers_reset_is_the_duration_whichever_one_came_first() -> None:
+    # Kept per whole ms below a second and per whole second above: each value lands
+    # on the key of the one ``duration`` text it has, edges and float rounding included.
+    rnd = random.Random(3)
+    values = [0, -1, 0.4, 1, 999, 999.0001, 999.9999999999999, 1000, 1000.0000000000001,
+              1000.5, 1999.999, 2000, 2000.0000001, 59_999.9, 60_000, 60_000.1, 3_600_000]  # fmt: skip
+    values += [rnd.uniform(-5, 2_000) for _ in range(3_000)]
+    values += [rnd.uniform(0, 120_000) for _ in range(3_000)]
+    for ms in values + values[::-1]:
+        assert _reset(ms) == duration(ms).encode(), ms
+    state = LimitsState(60, 1, 999.5, 1000, 400, 1000.0)
+    assert _headers(state)["x-ratelimit-reset-requests"] == "1000ms"
+    assert _headers(state)["x-ratelimit-reset-tokens"] == "1s"
 
 
 def test_paths_no_other_ingress_claims_speak_openai() -> None:
