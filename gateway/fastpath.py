@@ -160,8 +160,8 @@ def add_routes(app: FastAPI, routers: Iterable[APIRouter], *, bypass: bool) -> N
     Flat, the routes also go before FastAPI's own (the schema and the docs pages),
     which it declares when the app is made: a request is tried against each route in
     turn, and those four path matches came before every model route's (README row
-    "the app's routes before FastAPI's own": ~25,000 instructions a request, ~3% of
-    the gateway's CPU in one process). Only when none of the app's routes claims one
+    "the app's routes tried before FastAPI's own": ~25,000 instructions a request,
+    ~3% of the gateway's own). Only when none of the app's routes claims one
     of their paths, so every request still reaches the route it reached.
 
     Plain counterpart (``bypass`` false): ``app.include_router(router)`` for each, the
@@ -326,7 +326,8 @@ class ModelJSON(Generic[M]):
     override of it, whose error rewrite (the model's ``client_error``) it applies
     itself; a model that overrides ``model_validate_json`` without naming its
     rewrite is read the plain way. README row "requests, answers and chunks read by
-    the models' pydantic-core validator": 1.5 µs a request in the gateway.
+    the models' pydantic-core validator": 34.5k vs 40.7k instructions a request read
+    (3.1 vs 3.9 µs in a loop), 37.8k vs 42.1k an answer.
 
     Plain counterparts: ``instance.model_dump_json(**options).encode()`` and
     ``model.model_validate_json(data)``.
@@ -380,8 +381,8 @@ def model_json(model: type[M]) -> ModelJSON[M]:
 
 
 def select(bypass: bool) -> None:
-    """Switch the process-wide bypasses (the serializers): ``create_app`` does, for the
-    app it makes. A process serves one app; the last one made decides."""
+    """Switch the process-wide bypasses (the serializers and readers): ``create_app``
+    does, for the app it makes. A process serves one app; the last one made decides."""
     global _selected
     _selected = bypass
     for made in _made:

