@@ -13,6 +13,10 @@ was complete (``streams_disconnected`` the streams among them), and
 notices through ``receive``; a request that is waiting (``delay_ms``, a
 non-stream answer's pause) is cancelled by the server when its connection
 closes (gateway/disconnect.py), as ``gateway mock-upstream`` serves it.
+
+``models`` counts the same per model received (``requests`` and ``disconnects``
+of each), so a routing test sees which deployments were tried; a request whose
+body does not parse has no model and counts only in the totals.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from starlette.requests import ClientDisconnect
 from gateway.disconnect import CANCEL_ON_DISCONNECT, CLIENT_GONE, cancel_on_disconnect
 from gateway.errors import GatewayError, InvalidRequest, format_loc
 from gateway.providers.mock import (
+    MAX_MODEL_NAME,
     MockAnswer,
     MockScript,
     build_completion,
@@ -56,6 +61,16 @@ class _HideStreamCuts(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], StreamCut))
 
 
+# Model names are the client's to choose; past this many, new ones count only in the totals.
+MAX_MODELS_COUNTED = 1024
+
+
+@dataclass
+class ModelStats:
+    requests: int = 0
+    disconnects: int = 0
+
+
 @dataclass
 class MockStats:
     requests: int = 0
@@ -67,10 +82,24 @@ class MockStats:
     in_flight: int = 0
     max_in_flight: int = 0
     request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=200))
+    models: dict[str, ModelStats] = field(default_factory=dict)
 
-    def saw_disconnect(self) -> None:
+    def saw_model(self, model: str) -> ModelStats | None:
+        """Counts a request for ``model``; its counters, to count its disconnect."""
+        model = model[:MAX_MODEL_NAME]
+        counts = self.models.get(model)
+        if counts is None:
+            if len(self.models) >= MAX_MODELS_COUNTED:
+                return None
+            counts = self.models[model] = ModelStats()
+        counts.requests += 1
+        return counts
+
+    def saw_disconnect(self, counts: ModelStats | None) -> None:
         self.disconnects += 1
         self.last_disconnect_at = time.time()
+        if counts is not None:
+            counts.disconnects += 1
 
     def as_json(self) -> bytes:
         data = asdict(self)
@@ -115,6 +144,7 @@ class MockServer:
                 stats.request_ids.append(value.decode())
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        counts: ModelStats | None = None
         try:
             raw = await _read_body(receive)
             cancel_on_disconnect(scope)  # until a stream starts watching for itself
@@ -123,10 +153,11 @@ class MockServer:
             )
             try:
                 request = model.model_validate_json(raw)
-                script = MockScript.from_request(request)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 raise InvalidRequest(first["msg"], param=format_loc(first["loc"])) from None
+            counts = stats.saw_model(request.model)
+            script = MockScript.from_request(request)
             if script.delay_ms:
                 await asyncio.sleep(script.delay_ms / 1000)
             if script.status:
@@ -143,17 +174,17 @@ class MockServer:
             else:
                 answer = plan_answer(request, script)  # before the status: it may be a 400
                 if request.stream:
-                    await self._stream(request, answer, script, scope, receive, send)
+                    await self._stream(request, answer, script, counts, scope, receive, send)
                 else:
                     await self._complete(answer, script, request.model, send)
         except GatewayError as exc:
             await _respond(send, exc.status, _error_body(exc))
         except ClientDisconnect:
-            stats.saw_disconnect()
+            stats.saw_disconnect(counts)
         except asyncio.CancelledError:
             if CLIENT_GONE not in scope:
                 raise
-            stats.saw_disconnect()
+            stats.saw_disconnect(counts)
             asyncio.current_task().uncancel()  # type: ignore[union-attr]  # stopping was the point
         finally:
             scope.pop(CANCEL_ON_DISCONNECT, None)
@@ -175,6 +206,7 @@ class MockServer:
         request: ChatCompletionRequest,
         answer: MockAnswer,
         script: MockScript,
+        counts: ModelStats | None,
         scope: Scope,
         receive: Any,
         send: Any,
@@ -224,7 +256,7 @@ class MockServer:
             if not disconnected:
                 raise
             stats.streams_disconnected += 1
-            stats.saw_disconnect()
+            stats.saw_disconnect(counts)
             # The client is gone; cancelling ourselves was only the way to stop.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:

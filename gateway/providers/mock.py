@@ -5,7 +5,11 @@ same words), usage is reported, and a request scripts timing and faults with
 a ``mock`` body field (docs/configuration.md, "The mock provider")::
 
     "mock": {"status": 500, "ttft_ms": 200, "tokens_per_s": 50, "chunks": 20,
-             "cut_after": 3, "malformed_after": 3, "delay_ms": 0, "tool_calls": 2}
+             "cut_after": 3, "malformed_after": 3, "delay_ms": 0, "tool_calls": 2,
+             "models": {"slow-a": {"ttft_ms": 3000}, "bad-b": {"status": 500}}}
+
+where ``models`` overrides knobs for the upstream models it names, so one body sent to
+each deployment of a route can fail or slow some of them.
 
 A request with function tools is answered with tool calls when its ``tool_choice``
 or its script asks for them (``gateway/providers/mock_tools.py``), streamed as
@@ -27,9 +31,9 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from gateway.config import ProviderConfig
 from gateway.errors import (
@@ -111,12 +115,15 @@ MIN_TOKENS_PER_S = 0.1
 MAX_TOKENS_PER_S = 1_000_000
 MAX_RETRY_AFTER_S = 3600
 MAX_MESSAGE = 4096
+# A script's per-model entries: enough for every deployment of a route.
+MAX_SCRIPT_MODELS = 16
+MAX_MODEL_NAME = 256
 # A tool call streams as its name, then its arguments in at most three pieces.
 CHUNKS_PER_CALL = 4
 
 
-class MockScript(BaseModel):
-    """Timing and faults for one mock request."""
+class MockKnobs(BaseModel):
+    """Timing and faults: a script's knobs, at its top level or for one model."""
 
     # Infinity and NaN (JSON's ``Infinity``, or ``1e400``) are refused like any other
     # out-of-range value rather than reaching a sleep or a Retry-After header.
@@ -133,8 +140,27 @@ class MockScript(BaseModel):
     malformed_after: int | None = Field(default=None, ge=0, le=MAX_CHUNKS + 2)
     tool_calls: int | None = Field(default=None, ge=1, le=MAX_TOOL_CALLS)
 
+
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_MODEL_NAME)]
+
+
+class MockScript(MockKnobs):
+    """Timing and faults for one mock request.
+
+    ``models`` maps an upstream model name (the ``model`` the mock receives: a
+    deployment's ``model:``) to knobs that override the top-level ones for that model
+    only, so one body sent to every deployment of a route can fail or slow some of
+    them. A knob an entry sets replaces the top-level one, ``null`` included."""
+
+    models: dict[ModelName, MockKnobs] | None = Field(default=None, max_length=MAX_SCRIPT_MODELS)
+
     @classmethod
-    def from_request(cls, request: BaseModel) -> MockScript:
+    def from_request(cls, request: BaseModel, model: str | None = None) -> MockScript:
+        """The script that applies to ``model`` (by default the request's own): its
+        top-level knobs with those of its ``models`` entry, if any, set over them.
+
+        An InvalidRequest naming the field (``mock.models.<name>.<knob>``) if any part
+        is out of bounds, whichever model it is for."""
         raw = (request.model_extra or {}).get("mock")
         if raw is None:
             return _NO_SCRIPT
@@ -142,19 +168,39 @@ class MockScript(BaseModel):
             script = cls.model_validate(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
-            where = format_loc(("mock", *first["loc"]))
-            raise InvalidRequest(f"{where}: {first['msg']}", param=where) from None
+            loc, message = first["loc"], first["msg"]
+            if loc[-1] == "[key]":  # a bad name is not echoed: it may be megabytes long
+                loc, message = loc[:-2], f"{message} (a model name)"
+            where = format_loc(("mock", *loc))
+            raise InvalidRequest(f"{where}: {message}", param=where) from None
+        script._check_duration("mock")
+        if not script.models:
+            return script
+        if model is None:
+            model = getattr(request, "model", None)
+        resolved = script
+        # Every entry is checked, not only the one that applies: a route sends the same
+        # body to each deployment, and a 400 should not depend on which one answered.
+        for name, knobs in script.models.items():
+            entry = script.model_copy(
+                update={"models": None, **{k: getattr(knobs, k) for k in knobs.model_fields_set}}
+            )
+            entry._check_duration(f"mock.models.{name}")
+            if name == model:
+                resolved = entry
+        return resolved
+
+    def _check_duration(self, where: str) -> None:
         # Each knob is bounded; so is what they make together (100,000 chunks at 0.1/s
         # would be eleven days).
-        longest = max(script.chunks or DEFAULT_TOKENS, CHUNKS_PER_CALL * (script.tool_calls or 1))
-        seconds = script.delay_ms / 1000 + script.pause(longest)
+        longest = max(self.chunks or DEFAULT_TOKENS, CHUNKS_PER_CALL * (self.tool_calls or 1))
+        seconds = self.delay_ms / 1000 + self.pause(longest)
         if seconds > MAX_WAIT_MS / 1000:
             raise InvalidRequest(
-                f"mock: the scripted answer would take {seconds:,.0f} s; "
+                f"{where}: the scripted answer would take {seconds:,.0f} s; "
                 f"a script may take at most {MAX_WAIT_MS // 1000} s",
-                param="mock",
+                param=where,
             )
-        return script
 
     @property
     def interval(self) -> float:
@@ -377,7 +423,7 @@ class MockProvider:
             raise scripted_error(script)
 
     async def chat(self, request: ChatCompletionRequest, ctx: CallContext) -> ChatCompletion:
-        script = MockScript.from_request(request)
+        script = MockScript.from_request(request, ctx.deployment.model)
         await self._before(script)
         answer = plan_answer(request, script)
         if script.breaks(answer.steps):
@@ -390,14 +436,14 @@ class MockProvider:
         return build_completion(answer, ctx.deployment.model)
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
-        await self._before(MockScript.from_request(request))
+        await self._before(MockScript.from_request(request, ctx.deployment.model))
         return build_embeddings(request, ctx.deployment.model)
 
     @asynccontextmanager
     async def stream(
         self, request: ChatCompletionRequest, ctx: CallContext
     ) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
-        script = MockScript.from_request(request)
+        script = MockScript.from_request(request, ctx.deployment.model)
         await self._before(script)
         answer = plan_answer(request, script)
         chunks = _faulty(generate_chunks(answer, script, ctx.deployment.model), script)

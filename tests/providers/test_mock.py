@@ -45,9 +45,9 @@ def chat(prompt: str = "Say hello", **fields: Any) -> ChatCompletionRequest:
 
 
 async def stream_all(
-    provider: MockProvider, request: ChatCompletionRequest
+    provider: MockProvider, request: ChatCompletionRequest, context: CallContext | None = None
 ) -> list[ChatCompletionChunk]:
-    async with provider.stream(request, CTX) as chunks:
+    async with provider.stream(request, context or CTX) as chunks:
         return [c async for c in chunks]
 
 
@@ -245,6 +245,43 @@ async def test_embeddings_base64_decode_to_the_floats(provider: MockProvider) ->
             "mock.cut_after",
             "mock.cut_after: Input should be less than or equal to 100002",
         ),
+        (
+            {"models": {"bad-b": {"status": 200}}},
+            "mock.models.bad-b.status",
+            "mock.models.bad-b.status: Input should be greater than or equal to 400",
+        ),
+        (
+            {"models": {"a": {"models": {}}}},
+            "mock.models.a.models",
+            "mock.models.a.models: Extra inputs are not permitted",
+        ),
+        (
+            {"models": {f"m{i}": {} for i in range(17)}},
+            "mock.models",
+            "mock.models: Dictionary should have at most 16 items after validation, not more",
+        ),
+        (
+            {"models": {"x" * 257: {"status": 200}}},
+            "mock.models",
+            "mock.models: String should have at most 256 characters (a model name)",
+        ),
+        (
+            {"models": {"": {}}},
+            "mock.models",
+            "mock.models: String should have at least 1 character (a model name)",
+        ),
+        (
+            {"models": ["slow-a"]},
+            "mock.models",
+            "mock.models: Input should be a valid dictionary",
+        ),
+        (  # the entry's knobs over the top-level ones (100,000 chunks at 100/s), refused
+            # though this request is for another model
+            {"tokens_per_s": 100, "models": {"slow-a": {"chunks": 100_000}}},
+            "mock.models.slow-a",
+            "mock.models.slow-a: the scripted answer would take 1,000 s; "
+            "a script may take at most 600 s",
+        ),
     ],
 )
 @pytest.mark.parametrize("call", ["chat", "stream", "embed"])
@@ -342,6 +379,77 @@ async def test_earliest_fault_wins(provider: MockProvider) -> None:
 async def test_stream_faults_fail_a_chat(provider: MockProvider, field: str) -> None:
     with pytest.raises(UpstreamUnavailable):
         await provider.chat(chat(mock={field: 3}), CTX)
+
+
+# ---------------------------------------------------------------- per-model scripts
+
+
+def ctx(model: str) -> CallContext:
+    """A call to the deployment whose upstream model is ``model``."""
+    return CallContext(request_id="req-1", deployment=Deployment(provider="demo", model=model))
+
+
+ROUTED = {"chunks": 3, "models": {"slow-a": {"chunks": 5}, "bad-b": {"status": 500}}}
+
+
+async def test_a_model_entry_applies_to_its_model_only(provider: MockProvider) -> None:
+    a = await provider.chat(chat(mock=ROUTED), ctx("slow-a"))
+    assert a.usage.completion_tokens == 5
+    assert a.model == "slow-a"
+    other = await provider.chat(chat(mock=ROUTED), ctx("good-c"))
+    assert other.usage.completion_tokens == 3  # the top-level knobs
+    with pytest.raises(UpstreamUnavailable) as info:
+        await provider.chat(chat(mock=ROUTED), ctx("bad-b"))
+    assert info.value.upstream_status == 500
+
+
+async def test_a_model_entry_applies_to_streams_and_embeddings(provider: MockProvider) -> None:
+    chunks = await stream_all(provider, chat(mock=ROUTED, stream=True), ctx("slow-a"))
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 5
+    with pytest.raises(UpstreamUnavailable):
+        async with provider.stream(chat(mock=ROUTED, stream=True), ctx("bad-b")):
+            pytest.fail("the stream must fail on entry")
+    embedding = EmbeddingRequest.model_validate({"model": "m", "input": "x", "mock": ROUTED})
+    assert len((await provider.embed(embedding, ctx("good-c"))).data) == 1
+    with pytest.raises(UpstreamUnavailable):
+        await provider.embed(embedding, ctx("bad-b"))
+
+
+async def test_the_deployment_model_picks_the_entry_not_the_requested_name(
+    provider: MockProvider,
+) -> None:
+    """In-process the request keeps the name the client asked for; the upstream model
+    is the deployment's, as ``gateway mock-upstream`` receives it."""
+    request = chat(mock={"models": {"mock-chat": {"status": 500}}})
+    assert request.model == "mock-chat"
+    answer = await provider.chat(request, ctx("bad-b"))
+    assert answer.choices[0].message.content
+
+
+async def test_an_entry_keeps_the_knobs_it_does_not_set(provider: MockProvider) -> None:
+    script = {"chunks": 4, "models": {"cut-a": {"cut_after": 2}}}
+    got: list[ChatCompletionChunk] = []
+    with pytest.raises(UpstreamUnavailable) as info:
+        async with provider.stream(chat(mock=script), ctx("cut-a")) as chunks:
+            async for c in chunks:
+                got.append(c)
+    assert info.value.reason == "stream_cut"
+    assert len(got) == 2
+    whole = await stream_all(provider, chat(mock=script), ctx("other"))
+    assert sum(1 for c in whole if c.choices and c.choices[0].delta.content) == 4
+    paced = await provider.chat(
+        chat(mock={"chunks": 4, "models": {"a": {"tokens_per_s": 1000}}}), ctx("a")
+    )
+    assert paced.usage.completion_tokens == 4  # the top-level chunks
+
+
+async def test_an_entry_setting_null_clears_the_top_level_knob(provider: MockProvider) -> None:
+    script = {"status": 503, "models": {"good-a": {"status": None}}}
+    answer = await provider.chat(chat(mock=script), ctx("good-a"))
+    assert answer.choices[0].finish_reason == "stop"
+    with pytest.raises(UpstreamUnavailable) as info:
+        await provider.chat(chat(mock=script), ctx("other"))
+    assert info.value.upstream_status == 503
 
 
 # ---------------------------------------------------------------- tool calls
