@@ -196,7 +196,8 @@ def start_gateway(
     key = f"sk-bench-{uuid.uuid4().hex}"
     name = f"base-{base.commit}" if base else "gateway"
     config = log_dir / f"{name}.yaml"  # JSON is YAML: no dependency needed to write it
-    data = gateway_config(upstream.url.rsplit("/chat/", 1)[0], key, log_dir / f"{name}-data")
+    cwd = base.root if base else ROOT
+    data = gateway_config(upstream.url.rsplit("/chat/", 1)[0], key, log_dir / f"{name}-data", cwd)
     config.write_text(json.dumps(data, indent=2) + "\n")
     env = {**clean_env(), "REDIS_URL": f"redis://127.0.0.1:{redis[0]}/{1 if base else 0}"}
     system = _system(name, "base" if base else "gateway", port, key)
@@ -206,7 +207,6 @@ def start_gateway(
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "INFO",
     ]  # fmt: skip
     log = log_dir / f"{name}.log"
-    cwd = base.root if base else ROOT
     proc = _serve(procs, system, GATEWAY_CPU, argv, log, 30, env, cwd)
     return system, proc
 

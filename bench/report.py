@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from common import GATEWAY_CPU, LOAD_CPU, ROOT
 from measure import Result, Run
-from scenarios import LIMITS, SCENARIOS
-from targets import REFERENCE_CEILING_US, Target, ceiling, ratio_vs_peer, scale_factor
+from scenarios import LIMITS, SCENARIOS, TRANSLATED_MODEL
+from targets import (
+    REFERENCE_CEILING_US,
+    TRANSLATED,
+    UNTRANSLATED,
+    Target,
+    ceiling,
+    ratio_vs_peer,
+    scale_factor,
+)
 
 CEILING_LABEL = "ceiling (FastAPI fixed body)"
 
@@ -58,7 +66,11 @@ def _setup() -> str:
         f"persistence, started and stopped by the run) share CPU {LOAD_CPU}. Full hot path: "
         f"a key with Redis limits (rpm {LIMITS['rpm']:,}, tpm {LIMITS['tpm']:,}, "
         f"max_parallel {LIMITS['max_parallel']:,}: auth, one Redis admit, validation, one "
-        "Redis settle, usage), model `bench` on an `openai` provider pointing at the upstream. "
+        "Redis settle, usage), model `bench` on an `openai` provider pointing at the upstream; "
+        f"the translated stream's model `{TRANSLATED_MODEL}` on an `anthropic` provider pointing "
+        "at the same upstream, which answers it with Anthropic's Messages events (the "
+        "gateway's OpenAI stream then has a chunk more at each end: the role's and the "
+        "finish reason's, which carry no word). "
         "The gateway logs at INFO (one access line per request, as shipped) to a file. Every "
         "answer is checked (status 200, the exact text; streams end with `data: [DONE]`). CPU "
         "is the gateway process's own utime+stime over the scenario, divided by completed "
@@ -136,6 +148,15 @@ def _throughput(run: Run, label: dict[str, str]) -> list[str]:
     ]
     bottleneck = [f"{sid} (direct only {x:.1f}x the gateway)" for sid, x in pairs if x < 3]
     L.append("")
+    t, u = run.get(TRANSLATED, "gateway"), run.get(UNTRANSLATED, "gateway")
+    if t and u and t.cpu_us_chunk and u.cpu_us_chunk:
+        L.append(
+            f"{TRANSLATED} (OpenAI ingress, anthropic upstream: every event translated): "
+            f"{t.cpu_us_chunk:.1f} µs/chunk, {t.cpu_us_chunk / u.cpu_us_chunk:.2f}x the "
+            f"{u.cpu_us_chunk:.1f} of {UNTRANSLATED} (the same stream relayed untranslated). "
+            "It is not run directly: the upstream's direct answer would be the other's."
+        )
+        L.append("")
     if bottleneck:
         L.append(
             "**Warning:** the direct figure is less than 3x the gateway's in "

@@ -59,7 +59,7 @@ from procs import (
 )
 from quick import baseline_commit, quick_verdict
 from report import render
-from scenarios import Scenario, seconds_for, select
+from scenarios import Scenario, seconds_for, select, served
 from targets import evaluate, scale_factor
 
 
@@ -108,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--against is for --quick")
     if args.quick and (args.peer or args.peer_cmd):
         parser.error("--quick runs the gateway against the direct upstream only")
+    if args.update_baseline and args.only:
+        parser.error("--update-baseline records every quick figure: no --only")
     return args
 
 
@@ -144,26 +146,68 @@ def run_phase(
     quick: bool,
     runs: int = 1,
     upstream: System | None = None,
+    base_lacks: frozenset[str] = frozenset(),
 ) -> None:
     """Each scenario against ``upstream`` directly (when given), then ``runs`` times against
     each of ``systems``, interleaved and in turns of alternating order, so that a drift of the
     machine's speed falls on all of them alike (in quick mode each gateway run is preceded by
-    the calibration workload)."""
-    for scenario in scenarios:
-        seconds = seconds_for(scenario, quick)
-        if upstream is not None and scenario.direct:
-            record(run, run_load(scenario, upstream, seconds))
+    the calibration workload); a scenario judged against another (``beside``) takes its turns
+    with that one's, for the same reason. The base gateway skips those in ``base_lacks``."""
+    for group in _beside(scenarios):
+        for scenario in group:
+            if upstream is not None and scenario.direct:
+                record(run, run_load(scenario, upstream, seconds_for(scenario, quick)))
         for turn in range(runs):
-            for system, proc in systems if turn % 2 == 0 else systems[::-1]:
-                gateway = system.kind in ("gateway", "base")
-                calibration = calibrate() if quick and gateway else None
-                result = run_load(scenario, system, seconds)
-                result.calibration_ms = calibration
-                record(run, result)
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{system.label} exited with {proc.returncode} during {scenario.id}"
-                    )
+            for scenario in group:
+                _turn(run, scenario, systems, quick, turn, base_lacks)
+
+
+def _beside(scenarios: list[Scenario]) -> list[list[Scenario]]:
+    """The scenarios in groups, in order: one ``beside`` an earlier one joins its group."""
+    groups: list[list[Scenario]] = []
+    by_id: dict[str, list[Scenario]] = {}
+    for scenario in scenarios:
+        group = by_id.get(scenario.beside or "")
+        if group is None:
+            group = []
+            groups.append(group)
+        group.append(scenario)
+        by_id[scenario.id] = group
+    return groups
+
+
+def _turn(
+    run: Run,
+    scenario: Scenario,
+    systems: list[tuple[System, Popen]],
+    quick: bool,
+    turn: int,
+    base_lacks: frozenset[str],
+) -> None:
+    """One run of ``scenario`` against each of ``systems``, in the turn's order."""
+    seconds = seconds_for(scenario, quick)
+    on = [x for x in systems if x[0].kind != "base" or scenario.id not in base_lacks]
+    for system, proc in on if turn % 2 == 0 else on[::-1]:
+        gateway = system.kind in ("gateway", "base")
+        calibration = calibrate() if quick and gateway else None
+        result = run_load(scenario, system, seconds)
+        result.calibration_ms = calibration
+        record(run, result)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{system.label} exited with {proc.returncode} during {scenario.id}")
+
+
+def warm_up_models(system: System, scenarios: list[Scenario]) -> None:
+    """A second of each scenario whose model the common warm-up (model ``bench``) leaves
+    cold (the translated stream's: another provider, its own connections); its errors
+    stop the run before any figure is taken."""
+    for scenario in {s.model: s for s in scenarios if s.model != "bench"}.values():
+        result = run_load(scenario, system, 1)
+        if result.errors:
+            raise RuntimeError(
+                f"{system.label} fails the warm-up of model {scenario.model}: "
+                f"{result.errors} errors ({result.sample})"
+            )
 
 
 def base_source(args: argparse.Namespace, log_dir: Path) -> Source | None:
@@ -210,9 +254,17 @@ def measure_gateway(
         except RuntimeError as exc:  # say, an older gateway that rejects today's config
             loud(f"the gateway as of {base.commit} failed to start; going on without it: {exc}")
             run.base = ""
+    base_lacks = frozenset(s.id for s in scenarios if base is not None and not served(s, base.root))
+    if base_lacks and len(systems) > 1:
+        say(
+            f"{systems[1][0].label} has no anthropic provider: {', '.join(sorted(base_lacks))} "
+            "runs on this tree's gateway only (no side-by-side figure)"
+        )
     for system, _ in systems:
         say(f"{system.label} on CPU {GATEWAY_CPU} (pid {system.pid}): {system.url}")
         warm_up(system)
+        lacks = base_lacks if system.kind == "base" else frozenset()
+        warm_up_models(system, [s for s in scenarios if s.id not in lacks])
     gateway = systems[0][0]
     run.gateway_log = shown(log_dir / "gateway.log")
     idle0 = cpu_seconds(gateway.pid)
@@ -220,7 +272,7 @@ def measure_gateway(
     run.idle_cpu_pct = 100 * (cpu_seconds(gateway.pid) - idle0) / 2.0
     say(f"gateway idle CPU: {run.idle_cpu_pct:.1f}%")
     runs = args.runs if args.quick else 1
-    run_phase(run, systems, scenarios, args.quick, runs, upstream)
+    run_phase(run, systems, scenarios, args.quick, runs, upstream, base_lacks)
     for system, proc in systems:
         procs.stop(proc)
         code = proc.returncode
@@ -330,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = OUT / f"results-{run.mode}-{stamp:%Y%m%d-%H%M%S}.json"
     raw.write_text(json.dumps(asdict(run), indent=2, default=str) + "\n")
     if args.quick:
-        return quick_verdict(run, args.out, args.update_baseline, took, failed)
+        selected = frozenset(s.id for s in scenarios) if args.only else None
+        return quick_verdict(run, args.out, args.update_baseline, took, failed, selected)
     targets = evaluate(run)
     out = args.out or BENCH / "RESULTS.md"
     out.write_text(render(run, targets, took, failed))

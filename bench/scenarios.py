@@ -3,6 +3,12 @@
 A scenario is one ``Scenario(...)`` line in ``SCENARIOS``; a feature that needs its own
 model adds it in ``gateway_config``. Its figures land in the report's tables by
 themselves; a new target is a few lines in ``targets.evaluate``.
+
+The translated scenario's model (``TRANSLATED_MODEL``) is served by an ``anthropic``
+provider on the same upstream, which answers Anthropic's Messages API too: the
+gateway turns the OpenAI request into a Messages one and the Messages events back into
+chat chunks. That provider sends no ``mock`` field, so the upstream takes the knobs
+from the model name the deployment asks for (``bench-chunks-20``; bench/upstream.py).
 """
 
 from __future__ import annotations
@@ -12,9 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from common import ROOT
+
 # The bench key's limits: high enough never to refuse, so every request takes the full
 # path through Redis (admit and settle) without being turned away.
 LIMITS = {"rpm": 100_000_000, "tpm": 100_000_000_000, "max_parallel": 100_000}
+
+# The model an OpenAI client asks for to be served through the anthropic provider; its
+# answer has TRANSLATED_CHUNKS words, named in the deployment's model for the upstream.
+TRANSLATED_MODEL = "bench-translated"
+TRANSLATED_CHUNKS = 20
 
 
 @dataclass(frozen=True)
@@ -39,6 +52,8 @@ class Scenario:
     direct: bool = True  # also run it against the upstream directly
     peer: bool = True  # also run it against the peer
     quick: bool = False  # part of --quick
+    # The id of a scenario this one is judged against: their runs take turns (run.py).
+    beside: str | None = None
 
     @property
     def id(self) -> str:
@@ -84,6 +99,20 @@ SCENARIOS: list[Scenario] = [
     *_wrk_set("non-stream", quick_at=16),
     *_wrk_set("stream 20", stream=True, chunks=20, quick_at=16),
     *_wrk_set("stream 200", stream=True, chunks=200),
+    # The 20-chunk stream at 16 connections, served by the anthropic provider: the same
+    # OpenAI request and checks, the upstream answering Anthropic's Messages events. Not
+    # direct (the upstream's OpenAI answer is the untranslated scenario's) nor on the peer.
+    Scenario(
+        "translated stream 20",
+        16,
+        stream=True,
+        chunks=TRANSLATED_CHUNKS,
+        model=TRANSLATED_MODEL,
+        beside="stream 20 c16",
+        direct=False,
+        peer=False,
+        quick=True,
+    ),
     # Time to first token on a lightly loaded gateway: 10 ms to the first token, 20 chunks
     # 5 ms apart. The 4 connections start spread over one stream's length (105 ms) and
     # stay so, as independent clients would: started together, every stream lasts as
@@ -140,24 +169,44 @@ def seconds_for(scenario: Scenario, quick: bool) -> float:
     return 5.0 if quick else 8.0
 
 
-def gateway_config(upstream: str, key: str, data_dir: Path) -> dict[str, Any]:
-    """The gateway's config: model `bench` on the upstream, one key with Redis limits."""
+def translates(root: Path = ROOT) -> bool:
+    """Whether the gateway/ under ``root`` has the anthropic provider (an earlier commit
+    quick mode measures beside this tree may not)."""
+    return (root / "gateway" / "providers" / "anthropic").is_dir()
+
+
+def served(scenario: Scenario, root: Path = ROOT) -> bool:
+    """Whether the gateway/ under ``root`` can serve ``scenario``'s model."""
+    return scenario.model != TRANSLATED_MODEL or translates(root)
+
+
+def gateway_config(upstream: str, key: str, data_dir: Path, root: Path = ROOT) -> dict[str, Any]:
+    """The gateway's config: model `bench` on the upstream (``.../v1``), and
+    `bench-translated` on it through the anthropic provider when the gateway/ under
+    ``root`` has one; one key with Redis limits."""
+    price = {"input": 0.15, "output": 0.6}
+    providers: dict[str, Any] = {
+        # Room for the 2,000 held streams (the default pool is 256 connections).
+        "bench-upstream": {"type": "openai", "base_url": upstream, "max_connections": 4096}
+    }
+    models: dict[str, Any] = {
+        "bench": {
+            "deployments": [
+                {"provider": "bench-upstream", "model": "bench-upstream-model", "price": price}
+            ]
+        }
+    }
+    if translates(root):
+        # The anthropic provider's base_url is the bare origin: it calls {base_url}/v1/messages.
+        origin = upstream.removesuffix("/v1")
+        providers["bench-anthropic"] = {"type": "anthropic", "base_url": origin, "api_key": "bench"}
+        deployment = f"bench-chunks-{TRANSLATED_CHUNKS}"
+        models[TRANSLATED_MODEL] = {
+            "deployments": [{"provider": "bench-anthropic", "model": deployment, "price": price}]
+        }
     return {
-        "providers": {
-            # Room for the 2,000 held streams (the default pool is 256 connections).
-            "bench-upstream": {"type": "openai", "base_url": upstream, "max_connections": 4096}
-        },
-        "models": {
-            "bench": {
-                "deployments": [
-                    {
-                        "provider": "bench-upstream",
-                        "model": "bench-upstream-model",
-                        "price": {"input": 0.15, "output": 0.6},
-                    }
-                ]
-            }
-        },
-        "keys": [{"name": "bench", "key": key, "models": ["bench"], "limits": LIMITS}],
+        "providers": providers,
+        "models": models,
+        "keys": [{"name": "bench", "key": key, "models": list(models), "limits": LIMITS}],
         "server": {"redis_prefix": "bench:", "drain_seconds": 1, "data_dir": str(data_dir)},
     }

@@ -16,6 +16,11 @@ from scenarios import SCENARIOS
 
 REFERENCE_CEILING_US = 73.0  # the reference machine's FastAPI route answering itself, µs/request
 
+# A stream translated from Anthropic's events costs at most this many times the CPU per
+# chunk of the same stream relayed from an OpenAI upstream.
+TRANSLATED, UNTRANSLATED = "translated stream 20 c16", "stream 20 c16"
+TRANSLATED_RATIO = 1.5
+
 
 @dataclass(frozen=True)
 class Target:
@@ -49,6 +54,20 @@ def ratio_vs_peer(run: Run, scenario: str) -> float | None:
     if not p.rps:
         return float("inf")
     return g.rps / p.rps
+
+
+def translated_target(translated: float | None, untranslated: float | None) -> Target:
+    """The translated stream's CPU per chunk against the untranslated one's (µs/chunk
+    each, measured in the same run), judged on their ratio, which no machine scales."""
+    name = (
+        f"translated stream: CPU/chunk ≤ {TRANSLATED_RATIO:g}x the untranslated "
+        "(OpenAI ingress, anthropic upstream, 20-chunk streams, 16 conns)"
+    )
+    if translated is None or not untranslated:
+        return Target(name, "not measured", "n/a")
+    ratio = translated / untranslated
+    measured = f"{ratio:.2f}x ({translated:.1f} against {untranslated:.1f} µs/chunk)"
+    return Target(name, measured, "PASS" if ratio <= TRANSLATED_RATIO else "FAIL")
 
 
 def evaluate(run: Run) -> list[Target]:
@@ -103,6 +122,7 @@ def evaluate(run: Run) -> list[Target]:
         ".1f",
         " µs",
     )
+    out.append(translated_target(gw(TRANSLATED, "cpu_us_chunk"), gw(UNTRANSLATED, "cpu_us_chunk")))
     add(
         "stream: added TTFT p50 ≤ 1 ms (paced, 4 streams)",
         added("paced TTFT c4", "ttft_p50_ms"),
