@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway import __version__, fastpath
-from gateway.api import admin, anthropic, health, openai
+from gateway.api import admin, anthropic, fanout, health, openai
 from gateway.api.handlers import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.config import Settings, load_settings, resolve_config_path
@@ -20,6 +20,9 @@ from gateway.resources import Resources
 
 # FastAPI's built-in OpenTelemetry asks, on every request, whether a provider is
 # configured; the gateway configures none, so it is switched off.
+# The app's routers, in the order their routes are tried.
+ROUTERS = (openai.router, anthropic.router, fanout.router, health.router, admin.router)
+
 _NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
@@ -55,9 +58,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
         **docs,
     )
     install_error_handlers(app)
-    fastpath.add_routes(
-        app, (openai.router, anthropic.router, health.router, admin.router), bypass=bypass
-    )
+    fastpath.add_routes(app, ROUTERS, bypass=bypass)
     if settings.server.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -133,15 +133,41 @@ class Deployment(_Strict):
         return value
 
 
+class Retries(_Strict):
+    """How a model's failed calls are retried (docs/configuration.md, "Routing")."""
+
+    attempts: PositiveInt = Field(default=3, le=10)  # calls in all, the first included
+    backoff_ms: PositiveFloat = 200.0  # before the second call to the same deployment
+    max_backoff_ms: PositiveFloat = 5000.0  # the doubling stops here
+    deadline_seconds: PositiveFloat = 60.0  # no attempt starts later in a request
+
+
+class Cooldown(_Strict):
+    """When a deployment is skipped for a while."""
+
+    failures: PositiveInt = 3  # in a row; a 429 cools it at once
+    seconds: PositiveFloat = 30.0
+
+
 class Routing(_Strict):
     strategy: Literal["weighted", "least-busy", "latency", "hedge"] = "weighted"
     hedge_after_ms: PositiveInt | None = None
+    retries: Retries = Retries()
+    cooldown: Cooldown = Cooldown()
+
+    @model_validator(mode="after")
+    def _hedge_has_its_delay(self) -> Routing:
+        if self.strategy == "hedge" and self.hedge_after_ms is None:
+            raise ValueError("strategy hedge needs hedge_after_ms")
+        return self
 
 
 class ModelConfig(_Strict):
     deployments: list[Deployment] = Field(min_length=1)
     routing: Routing = Routing()
     fallbacks: list[str] = []
+    # Tried instead when the upstream says the prompt is too long for the model.
+    context_fallbacks: list[str] = []
     max_output_tokens: PositiveInt | None = None
 
 
@@ -257,9 +283,14 @@ class Settings(_Strict):
                     problems.append(
                         f"models.{name}.deployments[{i}].provider: unknown provider {dep.provider!r}"
                     )
-            for i, fallback in enumerate(model.fallbacks):
-                if fallback not in self.models:
-                    problems.append(f"models.{name}.fallbacks[{i}]: unknown model {fallback!r}")
+            for field in ("fallbacks", "context_fallbacks"):
+                for i, fallback in enumerate(getattr(model, field)):
+                    if fallback not in self.models:
+                        problems.append(f"models.{name}.{field}[{i}]: unknown model {fallback!r}")
+                    elif fallback == name:
+                        problems.append(
+                            f"models.{name}.{field}[{i}]: a model cannot fall back to itself"
+                        )
         if not self.models:
             problems.append("models: no models are configured, so there is nothing to serve")
         elif not problems and not self.enabled_models():
@@ -462,15 +493,4 @@ def warn_about(settings: Settings) -> list[str]:
                 warnings.append(
                     f"model {name!r}: no price for {dep.provider}/{dep.model}; its cost counts as 0"
                 )
-    # Part of the config contract, not served yet: say so rather than ignore them quietly.
-    for name, model in settings.models.items():
-        ignored = []
-        if model.routing.strategy != "weighted" or model.routing.hedge_after_ms is not None:
-            ignored.append(f"routing strategy {model.routing.strategy!r} (weighted is used)")
-        if model.fallbacks:
-            ignored.append("fallbacks")
-        if any(dep.max_parallel is not None for dep in model.deployments):
-            ignored.append("deployments' max_parallel")
-        if ignored:
-            warnings.append(f"model {name!r}: not supported yet, ignored: {', '.join(ignored)}")
     return warnings

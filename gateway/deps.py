@@ -2,8 +2,8 @@
 
 Each is declared once as an ``Annotated`` alias; tests replace any of them
 with ``app.dependency_overrides``. A model route's one dependency, its
-admission (``ChatCall``, ``EmbeddingCall``), belongs to the call pipeline
-(gateway/pipeline.py) and takes the resources from here.
+admission (``ChatCall``, ``EmbeddingCall``), is gateway/admission.py's and
+takes the resources from here.
 """
 
 from __future__ import annotations

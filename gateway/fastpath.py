@@ -81,7 +81,7 @@ class AdmittedRoute(APIRoute):
 
     Replaces FastAPI's request handler (``APIRoute.get_route_handler``) for a route
     whose endpoint takes exactly one parameter, its admission (``ChatCall``,
-    ``EmbeddingCall`` of gateway/pipeline.py), whose one dependency is the app's
+    ``EmbeddingCall`` of gateway/admission.py), whose one dependency is the app's
     resources. FastAPI's general resolver (dependency cache keys, parameter
     extraction, sub-dependency walks, exit stacks) cost about as much per request as
     the admission itself, for a graph that is always the same call. This handler
@@ -124,7 +124,7 @@ class AdmittedRoute(APIRoute):
         return handler
 
 
-# The admission dependencies AdmittedRoute may call directly (gateway/pipeline.py marks
+# The admission dependencies AdmittedRoute may call directly (gateway/admission.py marks
 # them): registered from above, so this module never imports the pipeline.
 ADMISSIONS: set[Callable[..., Any]] = set()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from gateway.limits.gatekeeper import Gatekeeper
 from gateway.providers.base import Provider
 from gateway.providers.registry import provider_class
 from gateway.routing.router import Router
+from gateway.routing.state import RoutingState
 from gateway.transport import Upstream, build_upstream
 
 log = logging.getLogger("gateway")
@@ -41,17 +43,25 @@ class Resources:
     providers: dict[str, Provider]
     router: Router
     gatekeeper: Gatekeeper
+    routing: RoutingState
     upstreams: list[Upstream] = field(default_factory=list)
     started_at: int = field(default_factory=lambda: int(time.time()))
+    # Background work that lives as long as the app (sharing cooldowns).
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     async def build(
-        cls, settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+        cls,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        routing: RoutingState | None = None,
     ) -> Resources:
         """Open the store and one HTTP client per enabled provider.
 
-        ``transport`` replaces every provider's transport (tests).
+        ``transport`` replaces every provider's transport (tests); ``routing`` is what
+        routing learnt so far (a reload's), else it starts afresh.
         """
+        routing = routing or RoutingState()
         providers: dict[str, Provider] = {}
         upstreams: list[Upstream] = []
         gatekeeper = Gatekeeper(build_store(settings), settings)
@@ -69,15 +79,24 @@ class Resources:
             for upstream in upstreams:
                 await upstream.aclose()
             raise
+        tasks = []
+        board = getattr(gatekeeper.store, "cooldown_board", None)
+        if board is not None:  # a store shared with other processes: so are cooldowns
+            routing.board = shared = board()
+            tasks.append(asyncio.create_task(shared.run(routing.merge)))
         return cls(
+            tasks=tasks,
             settings=settings,
             providers=providers,
-            router=Router(settings, providers),
+            router=Router(settings, providers, routing),
             gatekeeper=gatekeeper,
+            routing=routing,
             upstreams=upstreams,
         )
 
     async def aclose(self) -> None:
+        for task in self.tasks:
+            task.cancel()
         await self.gatekeeper.aclose()
         for provider in self.providers.values():
             await provider.aclose()

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
@@ -57,7 +58,34 @@ class StreamState:
         self.error: GatewayError | None = None  # what the client was told, when it failed
 
 
+@dataclass(slots=True)
+class StreamPlan:
+    """An opened stream, and how to write it.
+
+    ``head`` is what was read of it before it was handed over (the first output
+    and what came before it), ``rest`` what follows, relayed as it comes.
+    ``encode`` turns an item into its frame (None: nothing to send for it);
+    ``done_frame`` ends a complete stream (a function: asked at the end, for an
+    ingress whose end depends on what was sent); ``error_frame`` renders a
+    failure after the headers.
+    """
+
+    head: Sequence[Any]
+    rest: AsyncIterator[Any]
+    encode: Callable[[Any], bytes | None]
+    done_frame: bytes | Callable[[], bytes | None] | None
+    error_frame: Callable[[GatewayError], bytes]
+
+
 _PING = {"type": "http.response.body", "body": b": ping\n\n", "more_body": True}
+
+
+async def _no_body() -> AsyncIterator[bytes]:
+    return
+    yield  # pragma: no cover
+
+
+_NO_BODY = _no_body()
 
 
 class EventStreamResponse(StreamingResponse):
@@ -69,32 +97,29 @@ class EventStreamResponse(StreamingResponse):
     and then a keep-alive comment when nothing was sent for ``keepalive``
     seconds. Per chunk, nothing but the ``send`` itself.
 
-    ``encode`` turns a chunk into its frame (None: nothing to send for it);
-    ``error_frame`` renders a failure after the headers, ``error_response`` one
-    before them; ``done_frame`` ends a complete stream (a function: asked at the
-    end, for an ingress whose end depends on what was sent). Made by Starlette's own
-    ``StreamingResponse`` initialiser (gateway/fastpath.py says why); the serving
-    (``__call__``) is this class's.
+    ``open`` opens the stream, in the relay (so the wait for its first output,
+    routing's retries and hedges included, runs under the keep-alive and the
+    disconnect watch), and says how to write it (``StreamPlan``). ``error_frame``
+    renders a failure to open after the headers went out, ``error_response`` one
+    before them. Made by Starlette's own ``StreamingResponse`` initialiser
+    (gateway/fastpath.py says why); the serving (``__call__``) is this class's.
     """
 
     media_type = "text/event-stream"
 
     def __init__(
         self,
-        chunks: AsyncIterator[Any],
+        open: Callable[[], Awaitable[StreamPlan]],
         *,
-        encode: Callable[[Any], bytes | None],
         error_frame: Callable[[GatewayError], bytes],
         error_response: Callable[[GatewayError], Response],
-        done_frame: bytes | Callable[[], bytes | None] | None,
         on_close: Callable[[StreamState], Awaitable[None]],
         commit_after: float,
         keepalive: float,
     ) -> None:
-        super().__init__(chunks, headers=_HEADERS)
-        self._chunks, self._encode = chunks, encode
+        super().__init__(_NO_BODY, headers=_HEADERS)
+        self._open = open
         self._error_frame, self._error_response = error_frame, error_response
-        self._done_frame = done_frame
         self._on_close = on_close
         self._commit_after, self._keepalive = commit_after, keepalive
 
@@ -148,14 +173,26 @@ class EventStreamResponse(StreamingResponse):
                     return
 
         watcher = asyncio.create_task(watch())
-        encode = self._encode
         # Body frames go straight to the server's send when it offers it (a framework
         # bypass, gateway/fastpath.py); the start and the last frame go through ``send``.
         send_body = body_send(scope, send)
         error: GatewayError | None = None
+        plan: StreamPlan | None = None
         try:
             try:
-                async for chunk in self._chunks:
+                plan = await self._open()
+                encode = plan.encode
+                for chunk in plan.head:
+                    data = encode(chunk)
+                    if data is None:
+                        continue
+                    if not started:
+                        await commit()
+                    state.chunks += 1
+                    await send_body({"type": "http.response.body", "body": data, "more_body": True})
+                    sent += 1
+                # The same, for the rest: inline, so a chunk costs no call of ours.
+                async for chunk in plan.rest:
                     data = encode(chunk)
                     if data is None:
                         continue
@@ -181,9 +218,10 @@ class EventStreamResponse(StreamingResponse):
             if not started:
                 await commit()
             if error is not None:
-                last = self._error_frame(error)
+                last = (plan.error_frame if plan is not None else self._error_frame)(error)
             else:
-                done = self._done_frame
+                assert plan is not None
+                done = plan.done_frame
                 last = done() if callable(done) else done
             # The last frame and the end of the body in one write.
             await send({"type": "http.response.body", "body": last or b"", "more_body": False})

@@ -6,15 +6,14 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from gateway import __version__
-from gateway.api import admin, anthropic, health, openai
-from gateway.app import create_app
+from gateway.app import ROUTERS, create_app
 from gateway.config import load_settings
 
 
 def _included() -> FastAPI:
     """The app's routes the way FastAPI's documentation includes routers."""
     reference = FastAPI(title="LLM gateway", version=__version__)
-    for router in (openai.router, anthropic.router, health.router, admin.router):
+    for router in ROUTERS:
         reference.include_router(router)
     return reference
 

@@ -648,19 +648,54 @@ def test_check_config_fails_on_unknown_provider_type(
     )
 
 
-def test_settings_not_served_yet_are_named_at_start(tmp_path: Path) -> None:
+def test_routing_settings_are_served_without_warnings(tmp_path: Path) -> None:
     path = write(
         tmp_path,
         MOCK
         + "models:\n"
         + "  plain: {deployments: [{provider: demo, model: m}]}\n"
+        + "  big: {deployments: [{provider: demo, model: big}]}\n"
         + "  fancy:\n"
         + "    deployments: [{provider: demo, model: m, max_parallel: 4}]\n"
-        + "    routing: {strategy: hedge, hedge_after_ms: 400}\n"
-        + "    fallbacks: [plain]\n",
+        + "    routing:\n"
+        + "      strategy: hedge\n"
+        + "      hedge_after_ms: 400\n"
+        + "      retries: {attempts: 2, backoff_ms: 50, max_backoff_ms: 500, deadline_seconds: 9}\n"
+        + "      cooldown: {failures: 2, seconds: 10}\n"
+        + "    fallbacks: [plain]\n"
+        + "    context_fallbacks: [big]\n",
     )
-    warnings = warn_about(load_settings(path, env={}))
-    assert warnings == [
-        "model 'fancy': not supported yet, ignored: routing strategy 'hedge' (weighted is "
-        "used), fallbacks, deployments' max_parallel"
-    ]
+    settings = load_settings(path, env={})
+    assert warn_about(settings) == []
+    routing = settings.models["fancy"].routing
+    assert (routing.retries.attempts, routing.cooldown.seconds) == (2, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("model", "problem"),
+    [
+        (
+            "{deployments: [{provider: demo, model: m}], routing: {strategy: hedge}}",
+            "models.x.routing: strategy hedge needs hedge_after_ms",
+        ),
+        (
+            "{deployments: [{provider: demo, model: m}], context_fallbacks: [nope]}",
+            "models.x.context_fallbacks[0]: unknown model 'nope'",
+        ),
+        (
+            "{deployments: [{provider: demo, model: m}], fallbacks: [x]}",
+            "models.x.fallbacks[0]: a model cannot fall back to itself",
+        ),
+        (
+            "{deployments: [{provider: demo, model: m}], routing: {retries: {attempts: 0}}}",
+            "models.x.routing.retries.attempts",
+        ),
+    ],
+)
+def test_routing_settings_that_cannot_work_are_refused(
+    tmp_path: Path, model: str, problem: str
+) -> None:
+    path = write(tmp_path, MOCK + f"models:\n  x: {model}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert problem in str(info.value)

@@ -25,8 +25,7 @@ from starlette.types import Message, Receive, Scope, Send
 from uvicorn.server import ServerState
 
 from gateway import fastpath
-from gateway.api import admin, anthropic, health, openai
-from gateway.app import create_app
+from gateway.app import ROUTERS, create_app
 from gateway.config import ConfigError, ServerConfig, load_settings
 from gateway.fastpath import ENV, SERVER_SEND, AdmittedRoute, enabled
 from gateway.ingress.openai import OPENAI
@@ -37,7 +36,7 @@ from gateway.schemas.openai import (
     EmbeddingResponse,
 )
 from gateway.server import EdgeProtocol, HttpProtocol, protocol_for
-from gateway.streaming import EventStreamResponse, StreamState
+from gateway.streaming import EventStreamResponse, StreamPlan, StreamState
 from tests.servers import (
     TEST_KEY,
     ServerProcess,
@@ -47,8 +46,6 @@ from tests.servers import (
     write_config,
 )
 from tests.test_server import REQUEST, RecordingTransport
-
-ROUTERS = (openai.router, anthropic.router, health.router, admin.router)
 
 
 @pytest.fixture
@@ -338,12 +335,15 @@ async def test_a_streams_frames_pass_the_apps_send_unless_the_server_offers_its_
     async def on_close(state: StreamState) -> None:
         seen.append(f"closed {state.outcome} {state.chunks}")
 
+    async def opened() -> StreamPlan:
+        return StreamPlan(
+            [], chunks(), lambda text: b"data: " + text + b"\n\n", b"data: [DONE]\n\n", _no_frame
+        )
+
     response = EventStreamResponse(
-        chunks(),
-        encode=lambda text: b"data: " + text + b"\n\n",
-        error_frame=lambda exc: b"",
+        opened,
+        error_frame=_no_frame,
         error_response=lambda exc: Response(status_code=500),
-        done_frame=b"data: [DONE]\n\n",
         on_close=on_close,
         commit_after=5.0,
         keepalive=15.0,
@@ -459,3 +459,7 @@ def test_both_ways_answer_the_same(
 def test_a_gateway_serving_without_them_says_so(gateways: dict[str, ServerProcess]) -> None:
     assert "framework bypasses are off" in gateways["off"].logs()
     assert "framework bypasses are off" not in gateways["on"].logs()
+
+
+def _no_frame(error: object) -> bytes:
+    return b""

@@ -23,6 +23,7 @@ from gateway.deps import get_resources
 from gateway.providers.base import CallContext, Provider, supports_embeddings
 from gateway.resources import Resources
 from gateway.routing.router import Router
+from gateway.routing.state import RoutingState
 from gateway.schemas.openai import ChatCompletion, ChatCompletionRequest
 
 FULL = "sk-test-pipeline-full"
@@ -110,7 +111,7 @@ def test_an_override_of_the_resources_reaches_admission(client: TestClient, tmp_
 
     def change(resources: Resources) -> Resources:
         gatekeeper = type(resources.gatekeeper)(resources.gatekeeper.store, other)
-        router = Router(other, resources.providers)
+        router = Router(other, resources.providers, RoutingState())
         return dataclasses.replace(resources, router=router, gatekeeper=gatekeeper)
 
     override_resources(client, change)
@@ -163,7 +164,7 @@ def _talker_chats_only(client: TestClient, settings: Settings) -> None:
         providers["talker"] = ChatOnly(providers["talker"])
         assert not supports_embeddings(providers["talker"])
         return dataclasses.replace(
-            resources, providers=providers, router=Router(settings, providers)
+            resources, providers=providers, router=Router(settings, providers, RoutingState())
         )
 
     override_resources(client, change)
@@ -224,6 +225,7 @@ def test_every_outcome_settles_once_and_gives_the_lease_back(client: TestClient)
     assert stream.text.endswith("data: [DONE]\n\n")
     failed = post("/v1/chat/completions", json=hello(mock={"status": 503}), headers=auth(SERIAL))
     assert failed.status_code == 502
+    assert failed.headers["x-should-retry"] == "false"  # the gateway retried it: 3 calls
     broken = post(
         "/v1/chat/completions",
         json=hello(stream=True, mock={"malformed_after": 2}),
@@ -238,13 +240,14 @@ def test_every_outcome_settles_once_and_gives_the_lease_back(client: TestClient)
     assert post("/v1/chat/completions", json=hello(), headers=auth(SERIAL)).status_code == 200
 
     recorded = _usage(client, "serial")
-    assert recorded["requests"] == 6
-    assert recorded["errors"] == 2
+    # Every upstream call is a call of its own: the failed request's three attempts too.
+    assert recorded["requests"] == 8
+    assert recorded["errors"] == 4
     by_model = {m["model"]: m for m in recorded["by_model"]}
     assert by_model["mock-embedding"]["input_tokens"] == embedded.json()["usage"]["prompt_tokens"]
     # Settled at the deployment's price: 1 and 2 USD per million tokens in and out.
     chat = by_model["mock-chat"]
-    assert chat["requests"] == 5
+    assert chat["requests"] == 7
     assert chat["input_tokens"] >= 2 * usage["prompt_tokens"]
     assert chat["cost_usd"] == pytest.approx(
         (chat["input_tokens"] * 1.0 + chat["output_tokens"] * 2.0) / 1_000_000

@@ -16,7 +16,7 @@ from uvicorn.server import ServerState
 
 from gateway.fastpath import SERVER_SEND
 from gateway.server import HttpProtocol
-from gateway.streaming import EventStreamResponse, StreamState
+from gateway.streaming import EventStreamResponse, StreamPlan, StreamState
 
 REQUEST = b"POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 2\r\n\r\n{}"
 
@@ -170,12 +170,15 @@ async def test_a_streams_body_frames_skip_the_apps_send_wrappers() -> None:
     async def on_close(state: StreamState) -> None:
         seen.append(f"closed {state.outcome} {state.chunks}")
 
+    async def opened() -> StreamPlan:
+        return StreamPlan(
+            [], chunks(), lambda text: b"data: " + text + b"\n\n", b"data: [DONE]\n\n", _no_frame
+        )
+
     response = EventStreamResponse(
-        chunks(),
-        encode=lambda text: b"data: " + text + b"\n\n",
-        error_frame=lambda exc: b"",
+        opened,
+        error_frame=_no_frame,
         error_response=lambda exc: Response(status_code=500),
-        done_frame=b"data: [DONE]\n\n",
         on_close=on_close,
         commit_after=5.0,
         keepalive=15.0,
@@ -215,3 +218,7 @@ async def test_a_finished_requests_cycle_is_freed_without_the_collector() -> Non
         assert cycles[0]() is None, "the first request's cycle outlived it"
     finally:
         gc.enable()
+
+
+def _no_frame(error: object) -> bytes:
+    return b""

@@ -12,8 +12,8 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from gateway import pipeline
+from gateway.admission import MessagesCall
 from gateway.ingress.anthropic import ANTHROPIC
-from gateway.pipeline import MessagesCall
 from gateway.schemas.anthropic import ErrorResponse, Message
 
 router = APIRouter(tags=["anthropic"])

@@ -10,10 +10,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from gateway import pipeline
+from gateway.admission import ChatCall, EmbeddingCall
 from gateway.deps import KeyDep, ResourcesDep
 from gateway.errors import ModelNotFound
 from gateway.ingress.openai import OPENAI
-from gateway.pipeline import ChatCall, EmbeddingCall
 from gateway.schemas.openai import (
     ChatCompletion,
     EmbeddingResponse,

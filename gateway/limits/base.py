@@ -6,6 +6,12 @@ reservation together; ``settle`` reconciles tokens and cost, releases the
 lease and records usage. Two backends implement it with the same semantics:
 ``embedded`` (one process) and ``redis`` (any number).
 
+One admission may cover several model calls (``Admission.calls``: hedges,
+retries that reached an upstream, fan-out models; docs/limits.md, "Several
+calls under one admission"): rpm and max_parallel count each call, all or
+none; tokens and cost are the calls' totals; the settle takes one
+``UsageEvent`` per call that reached an upstream, under the one lease.
+
 Budgets (docs/limits.md, "Budgets"): settled spend and the reservations of
 requests in flight are kept apart. A request is admitted while their sum is
 below the budget; once settled spend alone reaches it the key is refused for
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple, Protocol
@@ -33,12 +39,19 @@ WINDOW_MS = 60_000
 LEASE_TTL_MS = 30_000  # server.lease_ttl_seconds; renewed every third of it
 
 
-@dataclass(slots=True, frozen=True)
-class Admission:
+class Admission(NamedTuple):
+    """What one admission asks of a key's limits.
+
+    A tuple, not a frozen dataclass: as immutable, and made once per request for
+    less than a frozen dataclass's ``__init__`` costs per field.
+    """
+
     key: KeyRecord
     request_id: str
-    tokens: int  # the tpm reservation: prompt estimate + output cap
-    cost: float  # the budget reservation, USD
+    tokens: int  # the tpm reservation of every call together: prompt estimate + output cap
+    cost: float  # the budget reservation of every call together, USD
+    # The model calls it covers (at least 1): each counts against rpm and max_parallel.
+    calls: int = 1
 
 
 @dataclass(slots=True)
@@ -72,6 +85,7 @@ class Grant:
     cost: float = 0.0  # reserved against the budget, under this admission's ticket
     period: str = ""  # the budget period it was reserved in ("": the key has no budget)
     lease: bool = False  # for max_parallel, and for the budget reservation to ride on
+    calls: int = 1  # as admitted: the lease holds this many slots (``lease_names``)
     local: bool = False  # admitted by the per-process fallback while the store was down
     # ... because the store's admit failed: it may have run, its reply lost on the way.
     unsure: bool = False
@@ -95,8 +109,8 @@ class TokenCounts(NamedTuple):
 
 @dataclass(slots=True, frozen=True)
 class UsageEvent:
-    """What one settled request used, as ``TokenCounts`` has it: ``input_tokens``
-    includes the cache reads and writes that are also counted apart."""
+    """What one call that reached an upstream used, as ``TokenCounts`` has it:
+    ``input_tokens`` includes the cache reads and writes that are also counted apart."""
 
     model: str
     input_tokens: int
@@ -127,12 +141,23 @@ class Store(Protocol):
     ) -> KeyRecord | None: ...
 
     async def admit(self, admission: Admission) -> Grant: ...
-    async def settle(self, grant: Grant, usage: UsageEvent) -> None: ...
+    # One event per call that reached an upstream (none: the reservations all come back
+    # and nothing is recorded); tpm and the budget are reconciled with their sums.
+    async def settle(self, grant: Grant, usages: Sequence[UsageEvent]) -> None: ...
     async def renew(self, grants: list[Grant]) -> None: ...
 
     async def usage(self, key_id: str) -> UsageDoc: ...
     async def last_used(self, key_id: str) -> datetime | None: ...
     async def in_flight(self, key_id: str) -> int: ...
+
+
+def lease_names(ticket: str, calls: int) -> tuple[str, ...]:
+    """The lease (and rpm) entries of an admission of ``calls`` calls: one per call, the
+    first named by the ticket itself, the others ``<ticket>#2`` ... (as the scripts name
+    them), so a window or lease count is a count of calls."""
+    if calls == 1:
+        return (ticket,)
+    return (ticket, *[f"{ticket}#{i}" for i in range(2, calls + 1)])
 
 
 def budget_period(limits: Limits) -> str:
@@ -168,6 +193,8 @@ def today() -> str:
 # budget; BUDGET_HELD: below it, but the reservations of requests in flight fill the rest.
 REFUSED_RPM, REFUSED_TPM, REFUSED_TOO_LARGE, REFUSED_PARALLEL = 1, 2, 3, 4
 REFUSED_BUDGET, REFUSED_BUDGET_HELD = 5, 6
+# More calls in one admission than the key's whole rpm, or its max_parallel: never admitted.
+REFUSED_RPM_CALLS, REFUSED_PARALLEL_CALLS = 7, 8
 # When a refusal frees depends on requests in flight finishing: ask for a retry soon.
 IN_FLIGHT_RETRY_MS = 1000.0
 
@@ -188,9 +215,12 @@ def refusal(
 
 def _refusal(reason: int, limits: Limits, admission: Admission, retry_ms: float) -> GatewayError:
     retry = max(1.0, retry_ms / 1000)
+    calls = admission.calls
+    makes = f" (this request makes {calls} model calls)" if calls > 1 else ""
     if reason == REFUSED_RPM:
         return RateLimited(
-            f"Rate limit reached: {limits.rpm} requests per minute. Retry after {math.ceil(retry)}s.",
+            f"Rate limit reached: {limits.rpm} requests per minute{makes}. "
+            f"Retry after {math.ceil(retry)}s.",
             retry_after=retry,
         )
     if reason == REFUSED_TPM:
@@ -201,8 +231,19 @@ def _refusal(reason: int, limits: Limits, admission: Admission, retry_ms: float)
         )
     if reason == REFUSED_PARALLEL:
         return TooManyInFlight(
-            f"Too many requests in flight: at most {limits.max_parallel} at once for this key.",
+            f"Too many requests in flight: at most {limits.max_parallel} at once for this "
+            f"key{makes}.",
             retry_after=retry,
+        )
+    if reason == REFUSED_RPM_CALLS:
+        return QuotaExceeded(
+            f"This request makes {calls} model calls, more than the key's whole limit of "
+            f"{limits.rpm} requests per minute; ask for fewer models.",
+        )
+    if reason == REFUSED_PARALLEL_CALLS:
+        return QuotaExceeded(
+            f"This request makes {calls} model calls at once, more than the key's limit of "
+            f"{limits.max_parallel} requests in flight; ask for fewer models.",
         )
     if reason == REFUSED_TOO_LARGE:
         return QuotaExceeded(

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -271,9 +271,10 @@ class EmbeddedStore:
     async def admit(self, admission: Admission) -> Grant:
         return self._limiter.admit(admission)
 
-    async def settle(self, grant: Grant, usage: UsageEvent) -> None:
-        self._limiter.settle(grant, usage)
-        self._pending.add(grant.key_id, usage)
+    async def settle(self, grant: Grant, usages: Sequence[UsageEvent]) -> None:
+        self._limiter.settle(grant, usages)
+        for usage in usages:
+            self._pending.add(grant.key_id, usage)
         self._last_used[grant.key_id] = datetime.now(UTC)
         self._last_used_dirty.add(grant.key_id)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from gateway.config import Limits, Settings
@@ -105,17 +105,23 @@ class Gatekeeper:
         self._cache[digest] = (now, record)
         return record
 
-    async def admit(self, key: KeyRecord, tokens: int, cost: float) -> Grant:
+    async def admit(self, key: KeyRecord, tokens: int, cost: float, calls: int = 1) -> Grant:
+        """Admit ``calls`` model calls at once, all or none; ``tokens`` and ``cost`` are
+        their totals (docs/limits.md, "Several calls under one admission")."""
+        if calls < 1:
+            raise ValueError(f"an admission covers at least one call, not {calls}")
         # A ticket unique to this admission (client request ids may repeat).
-        grant = await self.store.admit(Admission(key, new_id(), tokens, cost))
+        grant = await self.store.admit(Admission(key, new_id(), tokens, cost, calls))
         if grant.lease:
             self._in_flight[grant.request_id] = grant
         return grant
 
-    async def settle(self, grant: Grant, usage: UsageEvent) -> None:
+    async def settle(self, grant: Grant, usages: Sequence[UsageEvent]) -> None:
+        """Settle an admission: one event per call that reached an upstream, under its one
+        lease. A call that failed before any answer still passes its error event."""
         self._in_flight.pop(grant.request_id, None)
         try:
-            await self.store.settle(grant, usage)
+            await self.store.settle(grant, usages)
         except Exception:
             log.exception("settling usage for key %s failed", grant.key_id)
 

@@ -6,14 +6,16 @@ it is atomic without a lock. Same windows and the same budget bookkeeping as
 the Lua scripts: rpm is an exact sliding minute, tpm a sliding minute of
 one-second buckets, leases expire ``lease_ttl_ms`` after their last renewal,
 and a budget reservation is held by its request's lease, so it ends when the
-request settles or its lease expires, whichever comes first.
+request settles or its lease expires, whichever comes first. An admission of
+several calls takes one rpm entry and one lease entry per call
+(``lease_names``), all or none.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.limits.base import (
     IN_FLIGHT_RETRY_MS,
@@ -21,7 +23,9 @@ from gateway.limits.base import (
     REFUSED_BUDGET,
     REFUSED_BUDGET_HELD,
     REFUSED_PARALLEL,
+    REFUSED_PARALLEL_CALLS,
     REFUSED_RPM,
+    REFUSED_RPM_CALLS,
     REFUSED_TOO_LARGE,
     REFUSED_TPM,
     WINDOW_MS,
@@ -30,6 +34,7 @@ from gateway.limits.base import (
     LimitsState,
     UsageEvent,
     budget_period,
+    lease_names,
     refusal,
     spend_periods,
 )
@@ -95,6 +100,7 @@ class LocalLimiter:
         key = admission.key
         limits = key.limits
         kid = key.id
+        calls = admission.calls
         used_requests, requests_reset = 0, 0.0
         used_tokens, tokens_reset = 0, 0.0
         refused, retry_ms = 0, 0.0
@@ -105,10 +111,14 @@ class LocalLimiter:
             while window and window[0] <= cutoff:
                 window.popleft()
             used_requests = len(window)
-            if used_requests >= limits.rpm:
-                # The slot frees when the entry rpm places back leaves the window.
-                refused = REFUSED_RPM
-                retry_ms = window[used_requests - limits.rpm] + WINDOW_MS - now
+            if used_requests + calls > limits.rpm:
+                if calls > limits.rpm:
+                    refused = REFUSED_RPM_CALLS
+                else:
+                    # ``calls`` slots are free once the entry that many places before the
+                    # limit leaves the window (one call: the entry rpm places back).
+                    refused = REFUSED_RPM
+                    retry_ms = window[used_requests + calls - 1 - limits.rpm] + WINDOW_MS - now
             requests_reset = (window[0] if window else now) + WINDOW_MS - now
 
         second = int(now // 1000)
@@ -136,8 +146,11 @@ class LocalLimiter:
         leased = bool(limits.max_parallel) or (bool(period) and admission.cost > 0)
         if (limits.max_parallel or period) and not refused:
             leases = self._live_leases(kid, now)
-            if limits.max_parallel and len(leases) >= limits.max_parallel:
-                refused, retry_ms = REFUSED_PARALLEL, IN_FLIGHT_RETRY_MS
+            if limits.max_parallel and len(leases) + calls > limits.max_parallel:
+                if calls > limits.max_parallel:
+                    refused = REFUSED_PARALLEL_CALLS
+                else:
+                    refused, retry_ms = REFUSED_PARALLEL, IN_FLIGHT_RETRY_MS
 
         if period and not refused:
             spent = self._spend.get((kid, period), 0.0)
@@ -154,16 +167,26 @@ class LocalLimiter:
 
         ticket = admission.request_id
         grant = Grant(key_id=kid, request_id=ticket)
+        if calls != 1:
+            grant.calls = calls
         if limits.rpm:
-            self._requests[kid].append(now)
-            used_requests += 1
+            if calls == 1:
+                self._requests[kid].append(now)
+            else:
+                self._requests[kid].extend([now] * calls)
+            used_requests += calls
         if limits.tpm:
             buckets = self._tokens[kid]
             buckets[second] = buckets.get(second, 0) + admission.tokens
             grant.tokens, grant.bucket = admission.tokens, second
             used_tokens += admission.tokens
         if leased:
-            self._leases[kid][ticket] = now + self._lease_ttl
+            if calls == 1:
+                self._leases[kid][ticket] = now + self._lease_ttl
+            else:
+                leases = self._leases[kid]
+                for name in lease_names(ticket, calls):
+                    leases[name] = now + self._lease_ttl
             grant.lease = True
         if period:
             grant.period = period
@@ -177,26 +200,40 @@ class LocalLimiter:
         )
         return grant
 
-    def settle(self, grant: Grant, usage: UsageEvent) -> None:
+    def settle(self, grant: Grant, usages: Sequence[UsageEvent]) -> None:
         kid = grant.key_id
         if grant.lease:
-            self._leases.get(kid, {}).pop(grant.request_id, None)
+            leases = self._leases.get(kid)
+            if leases is None:
+                pass
+            elif grant.calls == 1:
+                leases.pop(grant.request_id, None)
+            else:
+                for name in lease_names(grant.request_id, grant.calls):
+                    leases.pop(name, None)
+        if len(usages) == 1:  # the common case, without the sums' generators
+            usage = usages[0]
+            tokens, cost = usage.input_tokens + usage.output_tokens, usage.cost
+        else:
+            tokens = sum(u.input_tokens + u.output_tokens for u in usages)
+            cost = sum(u.cost for u in usages)
         if grant.bucket >= 0:
             buckets = self._tokens.get(kid)
             if buckets is not None and grant.bucket in buckets:
-                actual = usage.input_tokens + usage.output_tokens
-                buckets[grant.bucket] = max(0, buckets[grant.bucket] + actual - grant.tokens)
-        # The reservation is replaced by what the request cost: given back by its ticket,
+                buckets[grant.bucket] = max(0, buckets[grant.bucket] + tokens - grant.tokens)
+        # The reservation is replaced by what the calls cost: given back by its ticket,
         # so what admit took comes back exactly, and once however often this runs.
         self._give_back(kid, grant.request_id)
-        if usage.cost:
+        if cost:
             spend = self._spend
             for period in spend_periods():
-                spend[(kid, period)] = spend.get((kid, period), 0.0) + usage.cost
+                spend[(kid, period)] = spend.get((kid, period), 0.0) + cost
 
     def renew(self, grants: list[Grant]) -> None:
         expiry = self._clock() + self._lease_ttl
         for grant in grants:
             leases = self._leases.get(grant.key_id)
             if leases and grant.request_id in leases:
-                leases[grant.request_id] = expiry
+                for name in lease_names(grant.request_id, grant.calls):
+                    if name in leases:
+                        leases[name] = expiry

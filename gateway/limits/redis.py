@@ -1,9 +1,9 @@
 """The Redis store: keys, limits and usage shared by every worker and instance.
 
-Limits are checked by one Lua script per request (``admit_v3``) and settled by
-one more (``settle_v3``), both on Redis's clock. Every key a script touches
-carries the gateway key's hash tag (``gw:{key_...}:rpm``), so each call lands
-on one slot of a Redis Cluster.
+Limits are checked by one Lua script per admission (``admit_v4``) and settled
+by one more (``settle_v4``, every call of the admission at once), both on
+Redis's clock. Every key a script touches carries the gateway key's hash tag
+(``gw:{key_...}:rpm``), so each call lands on one slot of a Redis Cluster.
 
 Redis going away is noticed within ``TIMEOUT_SECONDS`` (never a hang). With
 ``fail_mode: open`` the gateway goes on: known keys from their last-known
@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
+from typing import TYPE_CHECKING
 
 from gateway.errors import StoreUnavailable
 from gateway.limits.base import (
@@ -30,14 +31,18 @@ from gateway.limits.base import (
     LimitsState,
     UsageEvent,
     budget_period,
+    lease_names,
     refusal,
 )
 from gateway.limits.keys import KeyRecord
 from gateway.limits.local import LocalLimiter
 from gateway.limits.redis_keys import KeyWrites, record_from_redis
 from gateway.limits.resp import RedisConnection, RedisDown, ReplyError, Script
-from gateway.limits.usage import COUNTERS, usage_doc
+from gateway.limits.usage import COUNTERS, UsageTable, usage_doc
 from gateway.schemas.admin import UsageDoc
+
+if TYPE_CHECKING:
+    from gateway.limits.cooldowns import SharedCooldowns
 
 _COUNTER_INDEX = {counter: i for i, counter in enumerate(COUNTERS)}
 
@@ -111,15 +116,15 @@ class RedisStore:
         self._redis = RedisConnection(url, timeout=TIMEOUT_SECONDS)
         self.keys = KeySpace(prefix)
         self.fail_open = fail_open
-        self._admit = _script("admit_v3.lua")
-        self._settle = _script("settle_v3.lua")
+        self._admit = _script("admit_v4.lua")
+        self._settle = _script("settle_v4.lua")
         self._renew = _script("renew_v1.lua")
         self._writes = KeyWrites(self)
         self._lease_ttl = lease_ttl_ms
         self._local = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
         # Settles Redis could not take, with their grants: written back, they still
         # release what the admission reserved (tokens, budget), not only add usage.
-        self._buffer: deque[tuple[Grant, UsageEvent]] = deque(maxlen=BUFFER_LIMIT)
+        self._buffer: deque[tuple[Grant, Sequence[UsageEvent]]] = deque(maxlen=BUFFER_LIMIT)
         self._down_since: float | None = None
         self._recovery: asyncio.Task[None] | None = None
 
@@ -132,6 +137,11 @@ class RedisStore:
         if self.degraded:
             raise self._unavailable()
         return await self._guarded(self._redis.execute(*args))
+
+    async def command(self, *args: object) -> object:
+        """One command for a neighbour that keeps its own data here (limits/cooldowns.py),
+        with the store's handling of a Redis that is down."""
+        return await self._call(*args)
 
     async def _eval(self, script: Script, keys: list[str], args: list[object]) -> object:
         """A script, with loss of Redis noticed as in ``_call``."""
@@ -159,6 +169,12 @@ class RedisStore:
             await self._writes.claim_existing_names()
         except _DOWN as exc:
             self._went_down(exc)
+
+    def cooldown_board(self) -> SharedCooldowns:
+        """Routing's cooldowns, shared with every process on this Redis."""
+        from gateway.limits.cooldowns import SharedCooldowns
+
+        return SharedCooldowns(self)
 
     async def aclose(self) -> None:
         if self._recovery is not None:
@@ -225,9 +241,9 @@ class RedisStore:
                         self._redis.evalsha(
                             self._settle,
                             self.keys.settle_keys(grant.key_id),
-                            _settle_args(grant, usage),
+                            _settle_args(grant, usages),
                         )
-                        for grant, usage in batch
+                        for grant, usages in batch
                     ),
                     return_exceptions=True,
                 )
@@ -318,6 +334,7 @@ class RedisStore:
                     admission.request_id,
                     self._lease_ttl,
                     period,
+                    admission.calls,
                 ],
             )
         except (*_DOWN, ReplyError) as exc:  # refusing writes (OOM, ...) is down too
@@ -332,10 +349,15 @@ class RedisStore:
         state = LimitsState(limits.rpm, used_req, req_reset, limits.tpm, used_tok, tok_reset)
         if refused:
             raise refusal(refused, limits, admission, retry_ms, state)
-        grant = Grant(key_id=admission.key.id, request_id=admission.request_id, limits=state)
+        grant = Grant(
+            key_id=admission.key.id,
+            request_id=admission.request_id,
+            calls=admission.calls,
+            limits=state,
+        )
         if limits.tpm:
             grant.tokens, grant.bucket = admission.tokens, bucket
-        # As admit_v3 decides: a lease for max_parallel, or for a reservation to ride on.
+        # As admit_v4 decides: a lease for max_parallel, or for a reservation to ride on.
         if limits.max_parallel or (period and admission.cost > 0):
             grant.lease = True
         if period:
@@ -351,23 +373,28 @@ class RedisStore:
         grant.local = True
         return grant
 
-    async def settle(self, grant: Grant, usage: UsageEvent) -> None:
+    async def settle(self, grant: Grant, usages: Sequence[UsageEvent]) -> None:
         if grant.local:
-            self._local.settle(grant, usage)
+            self._local.settle(grant, usages)
             # What it took was local; only its usage is Redis's (and, if unsure, what a
             # lost admit may have taken there).
-            grant = Grant(key_id=grant.key_id, request_id=grant.request_id, unsure=grant.unsure)
+            grant = Grant(
+                key_id=grant.key_id,
+                request_id=grant.request_id,
+                calls=grant.calls,
+                unsure=grant.unsure,
+            )
         if self.degraded:
-            self._buffer.append((grant, usage))
+            self._buffer.append((grant, tuple(usages)))
             return
         try:
             await self._redis.evalsha(
-                self._settle, self.keys.settle_keys(grant.key_id), _settle_args(grant, usage)
+                self._settle, self.keys.settle_keys(grant.key_id), _settle_args(grant, usages)
             )
         except (*_DOWN, ReplyError) as exc:
             self._went_down(exc)
             # Neither the usage nor the release of the reservation may be lost.
-            self._buffer.append((grant, usage))
+            self._buffer.append((grant, tuple(usages)))
 
     async def renew(self, grants: list[Grant]) -> None:
         local = [g for g in grants if g.local]
@@ -376,7 +403,9 @@ class RedisStore:
         by_key: dict[str, list[str]] = {}
         for grant in grants:
             if not grant.local and grant.lease:
-                by_key.setdefault(grant.key_id, []).append(grant.request_id)
+                by_key.setdefault(grant.key_id, []).extend(
+                    lease_names(grant.request_id, grant.calls)
+                )
         if not by_key or self.degraded:
             return
         try:
@@ -415,23 +444,47 @@ class RedisStore:
         return usage_doc(key_id, [(day, model, *c) for (day, model), c in rows.items()])
 
 
-def _settle_args(grant: Grant, usage: UsageEvent) -> list[object]:
-    # The cost counts in the day and month it was spent, also when written back later.
-    day_period, month_period = f"d{usage.day}", f"m{usage.day[:7]}"
-    return [
+def _settle_args(grant: Grant, usages: Sequence[UsageEvent]) -> list[object]:
+    """settle_v4's arguments. A cost counts in the day and month it was spent (the
+    event's day), also when written back later."""
+    if len(usages) == 1:  # the common case: the script prices its one row itself
+        usage = usages[0]
+        return [
+            grant.request_id,
+            grant.calls if grant.lease or grant.unsure else 0,
+            grant.bucket,
+            usage.input_tokens + usage.output_tokens - grant.tokens if grant.bucket >= 0 else 0,
+            1 if grant.period or grant.unsure else 0,
+            -1,
+            usage.day,
+            usage.model,
+            1,
+            usage.input_tokens,
+            usage.output_tokens,
+            repr(float(usage.cost)),
+            1 if usage.error else 0,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+        ]
+    tokens = 0
+    spent: dict[str, float] = {}
+    table = UsageTable()
+    for usage in usages:
+        tokens += usage.input_tokens + usage.output_tokens
+        if usage.cost > 0:
+            for period in (f"d{usage.day}", f"m{usage.day[:7]}", "total"):
+                spent[period] = spent.get(period, 0.0) + usage.cost
+        table.add(grant.key_id, usage)
+    args: list[object] = [
         grant.request_id,
-        1 if grant.lease or grant.unsure else 0,
+        grant.calls if grant.lease or grant.unsure else 0,
         grant.bucket,
-        usage.input_tokens + usage.output_tokens - grant.tokens if grant.bucket >= 0 else 0,
+        tokens - grant.tokens if grant.bucket >= 0 else 0,
         1 if grant.period or grant.unsure else 0,
-        repr(float(usage.cost)),
-        usage.day,
-        usage.model,
-        usage.input_tokens,
-        usage.output_tokens,
-        1 if usage.error else 0,
-        day_period,
-        month_period,
-        usage.cache_read_tokens,
-        usage.cache_write_tokens,
+        len(spent),
     ]
+    for period, usd in spent.items():
+        args += (period, repr(float(usd)))
+    for _, day, model, requests, tokens_in, tokens_out, usd, *rest in table.rows():
+        args += (day, model, requests, tokens_in, tokens_out, repr(float(usd)), *rest)
+    return args

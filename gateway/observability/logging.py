@@ -101,6 +101,7 @@ class AccessRecord:
     # Why an upstream call failed (errors.Reason), and the status it answered with.
     reason: str | None = None
     upstream_status: int | None = None
+    attempts: int = 0  # upstream calls routing made: retries and hedges counted
     # Where the key stands against its limits once admission decided (a LimitsState of
     # gateway/limits/base.py): the ingress renders it on every answer after admission.
     limits: object | None = None
@@ -151,6 +152,8 @@ class AccessRecord:
             parts.append(f"output_tokens={self.output_tokens}")
         if self.ttft_ms is not None:
             parts.append(f"ttft_ms={self.ttft_ms:.1f}")
+        if self.attempts > 1:
+            parts.append(f"attempts={self.attempts}")
         return " ".join(parts)
 
 

@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     ValidatorFunctionWrapHandler,
     WrapValidator,
+    field_validator,
 )
 from pydantic_core import PydanticCustomError, ValidationError
 
@@ -63,6 +64,7 @@ class _Always(_Open):
 MAX_MESSAGES = 10_000
 MAX_EMBEDDING_INPUTS = 2_048
 MAX_EMBEDDING_DIMENSIONS = 16_384
+MAX_FANOUT_MODELS = 8
 # A 32-bit count, as upstream APIs type it: what the reservation multiplies by a
 # price stays a float (a 400-digit max_tokens overflowed it: a 500).
 MAX_TOKENS = 2**31 - 1
@@ -150,6 +152,44 @@ class ChatCompletionRequest(_Request):
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: Annotated[bool, STRICT] | None = None
+
+
+class FanoutRequest(ChatCompletionRequest):
+    """``POST /v1/fanout/chat/completions``: a chat request for several models at once,
+    named in ``models`` (docs/wire-formats.md, "Fan-out"); each model gets the request
+    as ``for_model`` makes it. One choice per model: ``n`` cannot be more than 1."""
+
+    model: str = ""  # never sent: ``models`` names them
+    models: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, max_length=MAX_FANOUT_MODELS
+    )
+    n: Annotated[int, STRICT, Field(ge=1, le=1)] | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _no_model(cls, value: str) -> str:
+        if value:
+            raise ValueError("a fan-out names its models in `models`, not `model`")
+        return value
+
+    def for_model(self, model: str) -> ChatCompletionRequest:
+        """This request as a plain chat request for ``model``, what the client would have
+        sent for it alone: the fields it set, and those the gateway does not know."""
+        # The state copied as model_copy copies it, not rebuilt by model_construct, which
+        # looks up the default of every unset field again: the __dict__ holds them all.
+        # The values themselves are shared with this request, as model_construct shared them.
+        values = self.__dict__.copy()
+        del values["models"]
+        values["model"] = model
+        extra = self.__pydantic_extra__
+        request = ChatCompletionRequest.__new__(ChatCompletionRequest)
+        object.__setattr__(request, "__dict__", values)
+        object.__setattr__(
+            request, "__pydantic_fields_set__", self.model_fields_set - {"models"} | {"model"}
+        )
+        object.__setattr__(request, "__pydantic_extra__", None if extra is None else dict(extra))
+        object.__setattr__(request, "__pydantic_private__", None)
+        return request
 
 
 def _one_input_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from gateway.admission import admit_chat
 from gateway.app import create_app
 from gateway.config import load_settings
-from gateway.pipeline import admit_chat
 
 FULL = "sk-test-full-000001"
 LIMITED = "sk-test-limited-02"

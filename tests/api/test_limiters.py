@@ -15,10 +15,10 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.responses import Response
 
+from gateway.admission import LIMITERS, Call, ChatCall, admit_chat
 from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.deps import KeyDep
-from gateway.pipeline import LIMITERS, Call, ChatCall, admit_chat
 
 try:  # FastAPI >= 0.120 keeps included routers nested; this yields their effective routes
     from fastapi.routing import iter_route_contexts

@@ -16,11 +16,11 @@ import pytest
 from fastapi import APIRouter, Depends, Request
 from starlette.testclient import TestClient
 
+from gateway.admission import ChatCall, admit_chat
 from gateway.app import create_app
 from gateway.config import load_settings
 from gateway.deps import get_gatekeeper
 from gateway.fastpath import AdmittedRoute
-from gateway.pipeline import ChatCall, admit_chat
 from tests.api.test_handlers import CONFIG, FULL, LIMITED, RATED, auth, hello
 
 extra = APIRouter(route_class=AdmittedRoute)

@@ -93,6 +93,14 @@ def _config(upstream: ServerProcess, prefix: str) -> dict[str, Any]:
             {"provider": "local", "model": "mock-chat", "price": {"input": 1000, "output": 1000}}
         ]
     }
+    # Two deployments on the one upstream, told apart by the model it receives.
+    config["models"]["up-shared-cool"] = {
+        "deployments": [
+            {"provider": "upstream", "model": "cool-bad"},
+            {"provider": "upstream", "model": "cool-good"},
+        ],
+        "routing": {"retries": {"attempts": 2}, "cooldown": {"failures": 1, "seconds": 60}},
+    }
     config["keys"] += [
         {"name": "rpm50", "key": K_RPM50, "limits": {"rpm": 50}},
         {"name": "par5", "key": K_PAR5, "limits": {"max_parallel": 5}},
@@ -611,3 +619,36 @@ def test_workers_each_write_the_access_log(
             assert [line for line in logged if f"request_id={request_id} " in line], request_id
     finally:
         server.stop()
+
+
+def test_a_cooldown_one_gateway_starts_is_kept_by_the_other(
+    a: ServerProcess, b: ServerProcess, upstream: ServerProcess
+) -> None:
+    # cool-bad fails on every call: the first gateway's call that reaches it is retried
+    # on cool-good and cools cool-bad down, for both gateways, through Redis.
+    body = {
+        "model": "up-shared-cool",
+        "messages": HI,
+        "mock": {"models": {"cool-bad": {"status": 500}}},
+    }
+
+    def bad_calls() -> int:
+        stats = httpx.get(f"{upstream.url}/mock/stats").json()
+        return int(stats["models"].get("cool-bad", {}).get("requests", 0))
+
+    before = bad_calls()
+    for _ in range(60):  # weighted 1:1, so it is reached within a few calls
+        answer = httpx.post(f"{a.url}/v1/chat/completions", json=body, headers=auth(TEST_KEY))
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-gateway-served-by"] == "upstream/cool-good"
+        if bad_calls() > before:
+            break
+    reached = bad_calls()
+    assert reached == before + 1  # cooled down at once: never called twice
+
+    time.sleep(2.5)  # the other gateway reads the shared cooldowns every second
+    for _ in range(20):
+        answer = httpx.post(f"{b.url}/v1/chat/completions", json=body, headers=auth(TEST_KEY))
+        assert answer.status_code == 200
+        assert answer.headers["x-gateway-served-by"] == "upstream/cool-good"
+    assert bad_calls() == reached  # 20 calls, none to the cooled deployment

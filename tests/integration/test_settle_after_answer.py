@@ -45,7 +45,7 @@ class SettleTrap:
 
     def __init__(self, redis_port: int) -> None:
         self.redis_port = redis_port
-        source = resources.files("gateway.limits").joinpath("lua", "settle_v3.lua").read_text()
+        source = resources.files("gateway.limits").joinpath("lua", "settle_v4.lua").read_text()
         self.marker = Script.of(source).sha.encode()  # settles are called by the sha
         self.armed = False
         self.on_settle: Callable[[], None] = lambda: None

@@ -54,8 +54,8 @@ def with_limits(key: KeyRecord, limits: Limits) -> KeyRecord:
     return key.model_copy(update={"limits": limits})
 
 
-def admission(key: KeyRecord, tokens: int = 0, cost: float = 0.0) -> Admission:
-    return Admission(key, uuid.uuid4().hex, tokens, cost)
+def admission(key: KeyRecord, tokens: int = 0, cost: float = 0.0, calls: int = 1) -> Admission:
+    return Admission(key, uuid.uuid4().hex, tokens, cost, calls)
 
 
 def requests_left(answer: Grant | Exception) -> int:

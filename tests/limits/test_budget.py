@@ -45,8 +45,8 @@ async def test_a_fresh_key_is_served_whatever_its_reservation(store: Store) -> N
     grant = await store.admit(admission(tiny, cost=0.041))
     assert (grant.cost, grant.period, grant.lease) == (0.041, f"d{today()}", True)
     assert await store.in_flight(tiny.id) == 1
-    await store.settle(grant, event(cost=0.0001))
-    await store.settle(await store.admit(admission(tiny, cost=0.041)), event(cost=0.0001))
+    await store.settle(grant, [event(cost=0.0001)])
+    await store.settle(await store.admit(admission(tiny, cost=0.041)), [event(cost=0.0001)])
 
     fifty = await registered(store, Limits(budget_usd=50.0, budget_period="month"))
     await store.admit(admission(fifty, cost=80.0))
@@ -54,11 +54,11 @@ async def test_a_fresh_key_is_served_whatever_its_reservation(store: Store) -> N
 
 async def test_settled_spend_at_the_budget_is_used_up(store: Store) -> None:
     key = await registered(store, Limits(budget_usd=1.0, budget_period="day"))
-    await store.settle(await store.admit(admission(key, cost=4.0)), event(cost=0.5))
-    await store.settle(await store.admit(admission(key, cost=4.0)), event(cost=0.4375))
+    await store.settle(await store.admit(admission(key, cost=4.0)), [event(cost=0.5)])
+    await store.settle(await store.admit(admission(key, cost=4.0)), [event(cost=0.4375)])
     # 0.9375 spent, below the budget: served, however large its reservation.
     last = await store.admit(admission(key, cost=4.0))
-    await store.settle(last, event(cost=0.0625))  # 1.0 spent: the budget exactly
+    await store.settle(last, [event(cost=0.0625)])  # 1.0 spent: the budget exactly
     for cost in (4.0, 0.0):
         with pytest.raises(QuotaExceeded) as refused:
             await store.admit(admission(key, cost=cost))
@@ -77,13 +77,13 @@ async def test_reservations_in_flight_alone_refuse_with_retry_after(store: Store
         _assert_held(refused.value)
 
     # One settles for less than it reserved: what it took is given back, and it is served.
-    await store.settle(half, event(cost=0.125))
+    await store.settle(half, [event(cost=0.125)])
     third = await store.admit(admission(key, cost=0.375))  # 0.125 + 0.5 held
     with pytest.raises(RateLimited) as refused:  # 0.125 + 0.875 held
         await store.admit(admission(key, cost=0.0625))
     _assert_held(refused.value)
-    await store.settle(other, event(cost=0.5))
-    await store.settle(third, event(cost=0.375))
+    await store.settle(other, [event(cost=0.5)])
+    await store.settle(third, [event(cost=0.375)])
     with pytest.raises(QuotaExceeded) as refused:  # 1.0 settled
         await store.admit(admission(key, cost=0.0625))
     _assert_used_up(refused.value)
@@ -93,14 +93,14 @@ async def test_settle_gives_back_exactly_its_reservation_and_only_once(store: St
     key = await registered(store, Limits(budget_usd=1.0, budget_period="day"))
     big = await store.admit(admission(key, cost=0.75))
     small = await store.admit(admission(key, cost=0.125))  # 0.875 held
-    await store.settle(big, event(cost=0.0))
-    await store.settle(big, event(cost=0.0))  # twice: given back once
+    await store.settle(big, [event(cost=0.0)])
+    await store.settle(big, [event(cost=0.0)])  # twice: given back once
     # Held now: small's 0.125, not less. 0.125 + 0.875 held reach the budget.
     await store.admit(admission(key, cost=0.875))
     with pytest.raises(RateLimited) as refused:
         await store.admit(admission(key, cost=0.0))
     _assert_held(refused.value)
-    await store.settle(small, event(cost=0.0))
+    await store.settle(small, [event(cost=0.0)])
     await store.admit(admission(key, cost=0.0))  # 0.875 held: below again
 
 
@@ -123,7 +123,7 @@ async def test_concurrent_admits_cannot_spend_the_budget_together(store: Store) 
         for error in refusals:
             _assert_held(error)
         for grant in grants:
-            await store.settle(grant, event(cost=0.875))
+            await store.settle(grant, [event(cost=0.875)])
         spent += 0.875 * len(grants)
         served += len(grants)
     assert spent >= 3.0
@@ -138,7 +138,7 @@ async def test_costs_count_toward_a_budget_the_key_gets_later(store: Store, peri
     grant = await store.admit(admission(key, cost=0.5))
     assert grant.period == ""  # nothing to reserve against
     assert not grant.lease
-    await store.settle(grant, event(cost=0.375))
+    await store.settle(grant, [event(cost=0.375)])
 
     budgeted = with_limits(key, Limits(budget_usd=1.0, budget_period=period))
     await store.put_key(budgeted)
@@ -152,8 +152,8 @@ async def test_costs_count_toward_a_budget_the_key_gets_later(store: Store, peri
     with pytest.raises(RateLimited) as refused:
         await store.admit(admission(key, cost=0.0625))
     _assert_held(refused.value)
-    await store.settle(first, event(cost=0.5))
-    await store.settle(second, event(cost=0.125))
+    await store.settle(first, [event(cost=0.5)])
+    await store.settle(second, [event(cost=0.125)])
     with pytest.raises(QuotaExceeded) as refused:
         await store.admit(admission(key, cost=0.0625))
     _assert_used_up(refused.value)

@@ -113,7 +113,7 @@ async def test_tpm_reservations_and_settle_give_back_the_difference(store: Store
     assert tokens_left(error) == 400
 
     # The first request used 100 of its 600: 500 come back, and 600 fit again.
-    await store.settle(first, event(input_tokens=30, output_tokens=70))
+    await store.settle(first, [event(input_tokens=30, output_tokens=70)])
     second = await store.admit(admission(key, tokens=600))
     assert tokens_left(second) == 300
     with pytest.raises(RateLimited):
@@ -137,7 +137,7 @@ async def test_max_parallel_refuses_the_third_and_settle_frees_a_slot(store: Sto
     assert refused.value.status == 429
     assert await store.in_flight(key.id) == 2  # the refusal took no lease
 
-    await store.settle(first, event())
+    await store.settle(first, [event()])
     assert await store.in_flight(key.id) == 1
     await store.admit(admission(key))
     assert await store.in_flight(key.id) == 2
@@ -230,7 +230,7 @@ async def test_renew_keeps_a_lease_and_its_reservation_past_their_ttl(
     assert type(held.value) is RateLimited
 
     for grant in grants:
-        await store.settle(grant, event())
+        await store.settle(grant, [event()])
     await store.renew(grants)  # renewing a released lease does not bring it back
     assert await store.in_flight(parallel.id) == 0
     assert await store.in_flight(budget.id) == 0
@@ -289,9 +289,13 @@ async def test_usage_per_key_model_and_day(store: Store) -> None:
         grant = await store.admit(admission(key, tokens=4000, cost=cost))
         await store.settle(
             grant,
-            event(model, inp, out, cost, error=error, day=day, cache_read=read, cache_write=write),
+            [
+                event(
+                    model, inp, out, cost, error=error, day=day, cache_read=read, cache_write=write
+                )
+            ],
         )
-    await store.settle(await store.admit(admission(other)), event("model-a", 5, 5, 1.0))
+    await store.settle(await store.admit(admission(other)), [event("model-a", 5, 5, 1.0)])
 
     doc = await store.usage(key.id)
     assert doc.key_id == key.id
@@ -356,7 +360,7 @@ async def test_last_used_is_set_by_settle(store: Store) -> None:
     assert fetched.last_used_at is None
 
     before = datetime.now(UTC)
-    await store.settle(await store.admit(admission(key)), event())
+    await store.settle(await store.admit(admission(key)), [event()])
     after = datetime.now(UTC)
     used = await store.last_used(key.id)
     assert used is not None
@@ -385,7 +389,7 @@ async def test_embedded_restart_keeps_keys_usage_and_spend(tmp_path: Path) -> No
     grant = await first.admit(admission(key, cost=0.5))
     # Shut down with a request in flight: its reservation is not kept, its cost is.
     await first.admit(admission(key, cost=0.5))
-    await first.settle(grant, event("model-a", 10, 20, 0.75, day=today()))
+    await first.settle(grant, [event("model-a", 10, 20, 0.75, day=today())])
     await first.aclose()  # usage is written on close, not only on the next flush
 
     second = EmbeddedStore(tmp_path, lease_ttl_ms=LEASE_TTL_MS)
@@ -405,9 +409,9 @@ async def test_embedded_restart_keeps_keys_usage_and_spend(tmp_path: Path) -> No
             held = await second.admit(admission(budgeted, cost=0.25))
             with pytest.raises(RateLimited):
                 await second.admit(admission(budgeted, cost=0.0625))
-            await second.settle(held, event(cost=0.0))
+            await second.settle(held, [event(cost=0.0)])
         budgeted = with_limits(key, Limits(budget_usd=1.0, budget_period="day"))
-        await second.settle(await second.admit(admission(budgeted, cost=2.0)), event(cost=0.25))
+        await second.settle(await second.admit(admission(budgeted, cost=2.0)), [event(cost=0.25)])
         with pytest.raises(QuotaExceeded):
             await second.admit(admission(budgeted))
     finally:
@@ -429,7 +433,7 @@ async def test_embedded_flush_cancelled_mid_write_counts_once(tmp_path: Path) ->
         key = make_key()
         await store.put_key(key, hash_key("sk-secret-flush"))
         grant = await store.admit(admission(key))
-        await store.settle(grant, event("model-a", 10, 20))
+        await store.settle(grant, [event("model-a", 10, 20)])
         # Another writer holds the database, so the write waits in its thread (a slow disk).
         other = sqlite3.connect(store.path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")

@@ -94,6 +94,32 @@ def test_rpm_retry_after_waits_for_the_entry_that_makes_room(
     limiter.admit(admission(lowered))
 
 
+def test_rpm_retry_after_waits_until_enough_calls_free(clock: Clock, limiter: LocalLimiter) -> None:
+    key = make_key(Limits(rpm=5))
+    for second in (0, 1, 2, 3):
+        clock.at(second)
+        limiter.admit(admission(key))
+
+    # One left; an admission of three calls needs the entries of t=0 and t=1 gone: at 61.
+    clock.at(10)
+    with pytest.raises(RateLimited) as refused:
+        limiter.admit(admission(key, calls=3))
+    assert refused.value.retry_after == pytest.approx(51.0)
+    clock.at(60.999)
+    with pytest.raises(RateLimited):
+        limiter.admit(admission(key, calls=3))
+    clock.at(61)
+    grant = limiter.admit(admission(key, calls=3))
+    assert requests_left(grant) == 0
+    # Its three entries leave the window together, at 121 (those of t=2 and 3 before).
+    clock.at(120.999)
+    assert limiter.admit(admission(key, calls=2)).limits.rpm_used == 5
+    with pytest.raises(RateLimited):
+        limiter.admit(admission(key))
+    clock.at(121)
+    assert requests_left(limiter.admit(admission(key, calls=3))) == 0
+
+
 def test_rpm_refusal_takes_nothing(clock: Clock, limiter: LocalLimiter) -> None:
     key = make_key(Limits(rpm=2))
     limiter.admit(admission(key))
@@ -143,7 +169,7 @@ def test_tpm_settle_returns_unused_tokens_to_their_bucket(
     grant = limiter.admit(admission(key, tokens=900))
     refused_retry(limiter, key, tokens=200)
     clock.at(5)
-    limiter.settle(grant, event(input_tokens=50, output_tokens=50))
+    limiter.settle(grant, [event(input_tokens=50, output_tokens=50)])
     grant = limiter.admit(admission(key, tokens=900))
     assert tokens_left(grant) == 0
     with pytest.raises(QuotaExceeded):
@@ -188,7 +214,7 @@ def test_a_budget_reservation_ends_with_its_lease(clock: Clock, limiter: LocalLi
     # The first lease is gone, with its 0.75; the second (until 89.998) still holds 0.125.
     limiter.admit(admission(key, cost=0.5))
     assert limiter.held(key.id, "total") == 0.625
-    limiter.settle(grant, event(cost=0.25))  # too late to give anything back: counts once
+    limiter.settle(grant, [event(cost=0.25)])  # too late to give anything back: counts once
     assert limiter.held(key.id, "total") == 0.625
     clock.at(100)
     limiter.admit(admission(key, cost=0.0))
@@ -204,7 +230,7 @@ def test_reserved_sums_restart_from_zero_when_nothing_is_in_flight(
     key = make_key(Limits(budget_usd=0.5, budget_period="day"))
     grants = [limiter.admit(admission(key, cost=cost)) for cost in (0.1, 0.2)]
     for grant in grants:
-        limiter.settle(grant, event(cost=0.0))
+        limiter.settle(grant, [event(cost=0.0)])
     period = grants[0].period
     assert limiter.held(key.id, period) == 0.0
     assert limiter.in_flight(key.id) == 0

@@ -153,7 +153,7 @@ async def test_the_store_runs_on_a_redis_cluster(cluster: RedisServer) -> None:
             assert await store.status() == "ok"
 
             for grant in grants:
-                await store.settle(grant, event("model-a", 100, 50, 0.25))
+                await store.settle(grant, [event("model-a", 100, 50, 0.25)])
             assert await store.status() == "ok"
             assert await store.in_flight(key.id) == 0
 
@@ -193,10 +193,10 @@ async def test_the_cluster_and_the_watch_catch_cross_slot_scripts(cluster: Redis
             )
 
         # The real admit script given one key of another gateway key: refused too.
-        admit = resources.files("gateway.limits").joinpath("lua", "admit_v3.lua").read_text()
+        admit = resources.files("gateway.limits").joinpath("lua", "admit_v4.lua").read_text()
         mixed = [*space.admit_keys(first)[:3], space.tagged(second, "spend")]
         with pytest.raises(redis.ResponseError, match="same slot"):
-            await client.eval(admit, 4, *mixed, 10, 0, 0, "1.0", 0, "0.5", "t1", 1000, "total")
+            await client.eval(admit, 4, *mixed, 10, 0, 0, "1.0", 0, "0.5", "t1", 1000, "total", 1)
 
         # A key of another slot the script was not given: the watch sees it.
         sneaky = "redis.call('GET', KEYS[1]); return redis.call('GET', ARGV[1])"

@@ -82,9 +82,9 @@ async def test_fail_open_serves_locally_buffers_usage_and_recovers(
             await bounded(store.admit(admission(key)))
 
         # Usage settled meanwhile, also of the request Redis admitted, is buffered.
-        await bounded(store.settle(grant, event("model-a", 10, 5, 0.25, cache_read=6)))
+        await bounded(store.settle(grant, [event("model-a", 10, 5, 0.25, cache_read=6)]))
         await bounded(
-            store.settle(in_flight, event("model-b", 3, 4, 0.125, error=True, cache_write=2))
+            store.settle(in_flight, [event("model-b", 3, 4, 0.125, error=True, cache_write=2)])
         )
         await bounded(store.renew([grant, in_flight]))  # renewing while down does not hang
         with pytest.raises(StoreUnavailable):
@@ -107,7 +107,7 @@ async def test_fail_open_serves_locally_buffers_usage_and_recovers(
         again = await bounded(store.admit(admission(key)))
         assert not again.local
         assert requests_left(again) == 99  # Redis came back empty
-        await bounded(store.settle(again, event("model-a", 1, 1, 0.0)))
+        await bounded(store.settle(again, [event("model-a", 1, 1, 0.0)]))
         assert (await bounded(store.usage(key.id))).requests == 3
 
 
@@ -130,7 +130,7 @@ async def test_fail_closed_refuses_while_down_and_recovers(
             assert refused.value.status == 503
             assert refused.value.code == "store_unavailable"
         assert await store.status() == "unavailable"
-        await bounded(store.settle(held, event("model-a", 7, 8, 0.5)))  # buffered, not lost
+        await bounded(store.settle(held, [event("model-a", 7, 8, 0.5)]))  # buffered, not lost
 
         server.start()
         await eventually_ok(store)
@@ -192,7 +192,7 @@ async def test_a_hung_redis_never_hangs_a_call(
 
             grant = await bounded(store.admit(admission(key)))
             assert grant.local
-            await bounded(store.settle(grant, event("model-a", 2, 3, 0.0)))
+            await bounded(store.settle(grant, [event("model-a", 2, 3, 0.0)]))
             with pytest.raises(StoreUnavailable):
                 await bounded(store.usage(key.id))
         finally:
@@ -244,7 +244,7 @@ async def test_recovery_outlasts_a_redis_that_refuses_writes(
         server.kill()
         grant = await bounded(store.admit(admission(key)))
         assert grant.local
-        await bounded(store.settle(grant, event("model-a", 4, 6, 0.0)))
+        await bounded(store.settle(grant, [event("model-a", 4, 6, 0.0)]))
 
         server.start("--maxmemory", "1")  # every write is refused with OOM
         await asyncio.sleep(1.5)  # a few recovery attempts meet the error
@@ -279,7 +279,7 @@ async def test_a_partly_failed_flush_resends_only_what_failed(
             assert (await bounded(store.admit(admission(trigger)))).local
             for grant_key in (good, bad, good, bad):
                 grant = await bounded(store.admit(admission(grant_key)))
-                await bounded(store.settle(grant, event("model-a", 1, 1, 0.0)))
+                await bounded(store.settle(grant, [event("model-a", 1, 1, 0.0)]))
         finally:
             server.resume()
 
@@ -314,7 +314,7 @@ async def test_a_settle_written_back_releases_its_reservation_in_its_own_day(
 
         server.pause()
         try:
-            await bounded(store.settle(reserved, event("model-a", 10, 5, 0.25, day=yesterday)))
+            await bounded(store.settle(reserved, [event("model-a", 10, 5, 0.25, day=yesterday)]))
             assert await store.status() == "degraded"  # buffered, not written
         finally:
             server.resume()
@@ -373,7 +373,7 @@ async def test_an_admit_whose_reply_was_lost_gives_back_its_lease_and_budget(
             lost = await bounded(store.admit(admission(key, cost=0.5)))
             stall.flowing.set()
             assert lost.local
-            await bounded(store.settle(lost, event("model-a", 10, 5, 0.1)))
+            await bounded(store.settle(lost, [event("model-a", 10, 5, 0.1)]))
             await eventually_ok(store)
 
             # The slot is free (the lease would hold it for 30 s) and nothing is held
@@ -381,7 +381,7 @@ async def test_an_admit_whose_reply_was_lost_gives_back_its_lease_and_budget(
             # lost admit's 0.5 stayed held, the second would be refused.
             again = await bounded(store.admit(admission(key, cost=0.5)))
             assert not again.local
-            await bounded(store.settle(again, event("model-a", 1, 1, 0.0)))
+            await bounded(store.settle(again, [event("model-a", 1, 1, 0.0)]))
             wide = key.model_copy(update={"limits": Limits(budget_usd=1.0, budget_period="day")})
             assert not (await bounded(store.admit(admission(wide, cost=0.5)))).local
             assert not (await bounded(store.admit(admission(wide, cost=0.5)))).local

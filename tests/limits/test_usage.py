@@ -292,7 +292,7 @@ async def test_an_embedded_database_of_an_earlier_version_gains_the_cache_counte
             assert found.id == key.id
             grant = await store.admit(admission(key))
             await store.settle(
-                grant, event("model-a", 100, 5, 0.25, day="2025-03-01", cache_read=64)
+                grant, [event("model-a", 100, 5, 0.25, day="2025-03-01", cache_read=64)]
             )
         finally:
             await store.aclose()
@@ -336,12 +336,12 @@ async def test_redis_writes_cache_counters_only_when_there_are_cached_tokens(
     admin = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
     usage_hash = redis_store.keys.tagged(key.id, "usage")
     try:
-        await redis_store.settle(await redis_store.admit(admission(key)), event("a", 10, 1))
+        await redis_store.settle(await redis_store.admit(admission(key)), [event("a", 10, 1)])
         fields = {f.decode() for f in await admin.hkeys(usage_hash)}
         assert not any("cache" in f for f in fields), fields
 
         await redis_store.settle(
-            await redis_store.admit(admission(key)), event("a", 10, 1, cache_read=8)
+            await redis_store.admit(admission(key)), [event("a", 10, 1, cache_read=8)]
         )
         fields = {f.decode() for f in await admin.hkeys(usage_hash)}
         assert f"{today()}|a|cache_read_tokens" in fields

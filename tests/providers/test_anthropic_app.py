@@ -34,6 +34,8 @@ providers:
 models:
   claude-sonnet:
     deployments: [{{provider: claude, model: {UPSTREAM_MODEL}}}]
+    # Each upstream error reaches the client as it came (retries: tests/routing/).
+    routing: {{retries: {{attempts: 1}}}}
 keys:
   - {{name: app, key: {KEY}}}
 server:

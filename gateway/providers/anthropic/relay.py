@@ -1,7 +1,7 @@
 """A Messages call passed through: the upstream's answer and events as they came.
 
 The Anthropic ingress sends a client's own body to an ``anthropic`` provider
-(gateway/pipeline.py, ``_passthrough``). Nothing is translated: the answer is
+(gateway/routing/deployments.py). Nothing is translated: the answer is
 parsed once (for its usage; the ingress sets its ``model``), and the stream's
 events are relayed one by one, ``ping`` included. Only ``message_start`` and
 ``message_delta`` are parsed, for the usage the call settles with; an ``error``
