@@ -80,9 +80,11 @@ class Resources:
                 await upstream.aclose()
             raise
         tasks = []
-        board = getattr(gatekeeper.store, "cooldown_board", None)
-        if board is not None:  # a store shared with other processes: so are cooldowns
-            routing.board = shared = board()
+        store = gatekeeper.store
+        if store.backend == "redis":  # shared with other processes: so are cooldowns
+            from gateway.limits.cooldowns import SharedCooldowns
+
+            routing.board = shared = SharedCooldowns(store)  # type: ignore[arg-type]
             tasks.append(asyncio.create_task(shared.run(routing.merge)))
         return cls(
             tasks=tasks,

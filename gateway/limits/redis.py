@@ -21,7 +21,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from gateway.errors import StoreUnavailable
 from gateway.limits.base import (
@@ -40,9 +39,6 @@ from gateway.limits.redis_keys import KeyWrites, record_from_redis
 from gateway.limits.resp import RedisConnection, RedisDown, ReplyError, Script
 from gateway.limits.usage import COUNTERS, UsageTable, usage_doc
 from gateway.schemas.admin import UsageDoc
-
-if TYPE_CHECKING:
-    from gateway.limits.cooldowns import SharedCooldowns
 
 _COUNTER_INDEX = {counter: i for i, counter in enumerate(COUNTERS)}
 
@@ -169,12 +165,6 @@ class RedisStore:
             await self._writes.claim_existing_names()
         except _DOWN as exc:
             self._went_down(exc)
-
-    def cooldown_board(self) -> SharedCooldowns:
-        """Routing's cooldowns, shared with every process on this Redis."""
-        from gateway.limits.cooldowns import SharedCooldowns
-
-        return SharedCooldowns(self)
 
     async def aclose(self) -> None:
         if self._recovery is not None:

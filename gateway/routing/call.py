@@ -9,11 +9,12 @@ and deployment that answered. Nothing here knows of limits or of HTTP.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from gateway.config import Cooldown, Deployment, Price
 from gateway.errors import GatewayError
+from gateway.providers.base import Provider
 from gateway.schemas.openai import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -21,9 +22,6 @@ from gateway.schemas.openai import (
     EmbeddingResponse,
     Usage,
 )
-
-if TYPE_CHECKING:
-    from gateway.routing.deployments import Deployments, Target
 
 
 class NativeRequest(Protocol):
@@ -34,6 +32,26 @@ class NativeRequest(Protocol):
     refusal: GatewayError | None  # raised if the call is translated instead
 
     def body_for(self, model: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One deployment of a gateway model, ready to call."""
+
+    model: str  # the gateway model it serves
+    provider: Provider
+    deployment: Deployment
+    price: Price | None
+    name: str  # "provider/upstream-model": its state's key and the x-gateway-served-by header
+    cooldown: Cooldown  # the model's policy for it
+
+
+def target(
+    model: str, provider: Provider, deployment: Deployment, price: Price | None, cooldown: Cooldown
+) -> Target:
+    return Target(
+        model, provider, deployment, price, f"{provider.name}/{deployment.model}", cooldown
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -98,19 +116,3 @@ class Opened:
     rest: AsyncIterator[Any]
     native: bool
     attempt: Attempt
-
-
-class Caller(Protocol):
-    """What every routing wrapper is, and wraps (gateway/routing/router.py composes
-    them per model): one model's calls, answered or opened as a stream.
-
-    ``open`` returns once the stream has produced its first output; its upstream is
-    closed by ``stack``. ``deployments`` is the model's innermost wrapper, which
-    knows its deployments.
-    """
-
-    deployments: Deployments
-
-    async def answer(self, call: RoutedCall) -> Answered: ...
-
-    async def open(self, call: RoutedCall, stack: AsyncExitStack) -> Opened: ...

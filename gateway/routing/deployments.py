@@ -14,36 +14,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from gateway.config import Cooldown, Deployment, Price
 from gateway.errors import InvalidRequest, RateLimited
-from gateway.providers.base import CallContext, Provider, speaks_messages, supports_embeddings
-from gateway.routing.call import Answered, Attempt, Opened, RoutedCall
+from gateway.providers.base import CallContext, speaks_messages, supports_embeddings
+from gateway.routing.call import Answered, Attempt, Opened, RoutedCall, Target
 from gateway.routing.state import RoutingState
 from gateway.routing.strategies import Strategy
 from gateway.schemas.openai import ChatCompletionChunk, Usage
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """One deployment of a gateway model, ready to call."""
-
-    model: str  # the gateway model it serves
-    provider: Provider
-    deployment: Deployment
-    price: Price | None
-    name: str  # "provider/upstream-model": its state's key and the x-gateway-served-by header
-    cooldown: Cooldown  # the model's policy for it
-
-
-def target(
-    model: str, provider: Provider, deployment: Deployment, price: Price | None, cooldown: Cooldown
-) -> Target:
-    return Target(
-        model, provider, deployment, price, f"{provider.name}/{deployment.model}", cooldown
-    )
 
 
 class DeploymentsBusy(RateLimited):
@@ -238,3 +216,19 @@ _ANNOUNCEMENTS = frozenset({"message_start", "content_block_start", "ping"})
 
 def _event_produced(event: Any) -> bool:
     return event.event not in _ANNOUNCEMENTS
+
+
+class Caller(Protocol):
+    """What every routing wrapper is, and wraps (gateway/routing/router.py composes
+    them per model): one model's calls, answered or opened as a stream.
+
+    ``open`` returns once the stream has produced its first output; its upstream is
+    closed by ``stack``. ``deployments`` is the model's innermost wrapper, which
+    knows its deployments.
+    """
+
+    deployments: Deployments
+
+    async def answer(self, call: RoutedCall) -> Answered: ...
+
+    async def open(self, call: RoutedCall, stack: AsyncExitStack) -> Opened: ...

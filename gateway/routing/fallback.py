@@ -17,8 +17,8 @@ from contextlib import AsyncExitStack
 from typing import TypeVar
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamRejected
-from gateway.routing.call import Answered, Caller, Opened, RoutedCall
-from gateway.routing.deployments import DeploymentsBusy
+from gateway.routing.call import Answered, Opened, RoutedCall
+from gateway.routing.deployments import Caller, DeploymentsBusy
 
 T = TypeVar("T")
 

@@ -18,7 +18,8 @@ from contextlib import AsyncExitStack
 from typing import TypeVar
 
 from gateway.errors import GatewayError
-from gateway.routing.call import Answered, Caller, Opened, RoutedCall
+from gateway.routing.call import Answered, Opened, RoutedCall
+from gateway.routing.deployments import Caller
 from gateway.routing.state import RoutingState
 
 T = TypeVar("T")

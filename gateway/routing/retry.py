@@ -31,7 +31,8 @@ from tenacity import (
 
 from gateway.config import Retries
 from gateway.errors import GatewayError
-from gateway.routing.call import Answered, Caller, Opened, RoutedCall
+from gateway.routing.call import Answered, Opened, RoutedCall
+from gateway.routing.deployments import Caller
 
 T = TypeVar("T")
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from gateway.config import ModelConfig, Price, Settings
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.providers.base import Provider
-from gateway.routing.call import Answered, Caller, Opened, RoutedCall
-from gateway.routing.deployments import Deployments, Target, target
+from gateway.routing.call import Answered, Opened, RoutedCall, Target, target
+from gateway.routing.deployments import Caller, Deployments
 from gateway.routing.fallback import Fallback
 from gateway.routing.hedge import Hedge
 from gateway.routing.retry import Retry

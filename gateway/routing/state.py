@@ -18,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gateway.config import Cooldown
 from gateway.errors import GatewayError, UpstreamRateLimited
-
-if TYPE_CHECKING:
-    from gateway.routing.call import Attempt
+from gateway.routing.call import Attempt
 
 # The weight of the newest time to first token in the running average: a deployment
 # that slows down is seen within a few calls, one slow call does not flip the order.

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
+from gateway.routing.call import Target
 from gateway.routing.state import RoutingState
 
-if TYPE_CHECKING:
-    from gateway.routing.deployments import Target
-
-Strategy = Callable[[Sequence["Target"], RoutingState], "Target"]
+Strategy = Callable[[Sequence[Target], RoutingState], Target]
 
 # ``latency`` sends this share of calls to a deployment chosen by weight instead of
 # the fastest, so a deployment that was slow once is measured again when it recovers.

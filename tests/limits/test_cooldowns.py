@@ -11,6 +11,7 @@ import pytest
 
 from gateway.config import Cooldown
 from gateway.errors import UpstreamUnavailable
+from gateway.limits.cooldowns import SharedCooldowns
 from gateway.limits.redis import RedisStore
 from gateway.routing.state import RoutingState
 from tests.limits.support import REDIS_URL
@@ -41,8 +42,8 @@ async def test_a_cooldown_started_in_one_process_is_seen_by_another(
 ) -> None:
     a, b = two_processes
     here, there = RoutingState(), RoutingState()
-    here.board = a.cooldown_board()
-    board_b = b.cooldown_board()
+    here.board = SharedCooldowns(a)
+    board_b = SharedCooldowns(b)
 
     for _ in range(POLICY.failures):  # two failures in a row on this process
         here.started("up/model-a")
@@ -66,7 +67,7 @@ async def test_a_cooldown_that_ended_is_dropped_and_a_longer_one_kept(
     two_processes: tuple[RedisStore, RedisStore],
 ) -> None:
     a, _ = two_processes
-    board = a.cooldown_board()
+    board = SharedCooldowns(a)
     now = time.time()
     await board._write("up/over", now - 1)
     await board._write("up/long", now + 60)
