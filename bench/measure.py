@@ -172,7 +172,7 @@ def _load(scenario: Scenario, system: System, seconds: float) -> tuple[list[str]
     if scenario.driver == "wrk":
         argv = [
             *pin, "wrk", "-t1", f"-c{scenario.connections}", f"-d{max(1, round(seconds))}s",
-            "--timeout", "10s", "-s", str(LUA), system.url,
+            "--timeout", "10s", "-s", str(LUA), scenario.url(system.url),
         ]  # fmt: skip
         env = {
             **os.environ,
@@ -180,11 +180,12 @@ def _load(scenario: Scenario, system: System, seconds: float) -> tuple[list[str]
             "BENCH_KEY": system.key,
             "BENCH_STREAM": "1" if scenario.stream else "0",
             "BENCH_EXPECT": scenario.expect(),
+            "BENCH_CHOICES": str(scenario.choices),
         }
         return argv, env, seconds + 30
     argv = [
         *pin, venv_python(), str(BENCH / "client.py"),
-        "--url", system.url, "--key", system.key, "--body", scenario.body(),
+        "--url", scenario.url(system.url), "--key", system.key, "--body", scenario.body(),
         "--expect", scenario.expect(), "--concurrency", str(scenario.connections),
         "--duration", f"{seconds:g}", "--ramp", f"{scenario.ramp:g}",
         "--timeout", f"{scenario.timeout:g}",

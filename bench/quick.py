@@ -5,11 +5,13 @@ measured in the same run in turns with this tree's (bench/against.py); failing t
 figures bench/baseline.json recorded on another run. More than REGRESSION worse exits 2
 naming the figure. The calibration workload and the ceiling say how fast the machine was.
 
-The translated stream (OpenAI ingress, anthropic upstream) is judged like its other
-figures where the base can serve it (a commit before the anthropic provider cannot: its
-row then has this tree's figures only), and its ratio to the untranslated stream's CPU
-per chunk is shown against the target (targets.py) in every run; a miss is said aloud
-but, a target rather than a regression, does not change the exit status.
+The translated stream (OpenAI ingress, anthropic upstream) and the fan-out to three
+models are judged like the other figures where the base can serve them (a commit before
+the anthropic provider, or the fan-out route, cannot: its row then has this tree's
+figures only), and their ratios to the untranslated stream's CPU per chunk and to the
+single call's CPU per request are shown against their targets (targets.py) in every
+run; a miss is said aloud but, a target rather than a regression, does not change the
+exit status.
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ from common import BENCH, GATEWAY_CPU, OUT, loud, say, shown
 from measure import Run
 from report import machine_lines
 from targets import (
+    FANOUT,
     REFERENCE_CEILING_US,
+    SINGLE,
     TRANSLATED,
     UNTRANSLATED,
+    Target,
     ceiling,
+    fanout_target,
     scale_factor,
     translated_target,
 )
@@ -34,10 +40,18 @@ BASELINE = BENCH / "baseline.json"
 REGRESSION = 0.10  # a quick-mode median this much worse than the baseline fails
 
 QUICK_FIGURES = {
-    "non-stream c16 CPU µs/request": ("non-stream c16", "cpu_us_req"),
+    "non-stream c16 CPU µs/request": (SINGLE, "cpu_us_req"),
+    "fan-out 3 non-stream c16 CPU µs/request": (FANOUT, "cpu_us_req"),
     "stream 20 c16 CPU µs/chunk": (UNTRANSLATED, "cpu_us_chunk"),
     "translated stream 20 c16 CPU µs/chunk": (TRANSLATED, "cpu_us_chunk"),
 }
+
+# The targets quick mode shows: each a ratio of two of its scenarios' figures, the
+# target's function, and what a base that did not run the first one lacks.
+RATIOS = (
+    (TRANSLATED, UNTRANSLATED, "cpu_us_chunk", translated_target, "no anthropic provider"),
+    (FANOUT, SINGLE, "cpu_us_req", fanout_target, "no fan-out route"),
+)
 
 
 def _speed(run: Run, baseline: dict) -> tuple[list[str], float | None, float | None]:
@@ -90,27 +104,33 @@ def _runs(values: list[float]) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
 
 
-def _translated(run: Run, side_by_side: bool) -> tuple[list[str], str | None]:
-    """The translated stream's ratio to the untranslated one's CPU per chunk (medians), as
-    the target judges it, the base's beside it when it ran both; and this tree's miss."""
-    lines, missed = [], None
-    for kind, who in (("gateway", "this tree"), ("base", run.base)):
-        if kind == "base" and not side_by_side:
-            break
-        translated = _values(run, kind, TRANSLATED, "cpu_us_chunk")
-        untranslated = _values(run, kind, UNTRANSLATED, "cpu_us_chunk")
-        if kind == "base" and not translated:
-            lines.append(
-                f"\n{TRANSLATED}: not run on {run.base} (its gateway/ has no anthropic provider)."
+def _ratios(run: Run, side_by_side: bool) -> tuple[list[str], list[str]]:
+    """Each ratio target (``RATIOS``) on the medians, as the target judges it, the base's
+    beside it when it ran both scenarios; and this tree's misses."""
+    lines, missed = [], []
+    for scenario, against, attr, judge, lacking in RATIOS:
+        for kind, who in (("gateway", "this tree"), ("base", run.base)):
+            if kind == "base" and not side_by_side:
+                break
+            values = _values(run, kind, scenario, attr)
+            others = _values(run, kind, against, attr)
+            if not values and not others:  # neither run (--only)
+                break
+            if kind == "base" and not values:
+                if others:  # it ran the other one: it could not run this one
+                    lines.append(
+                        f"\n{scenario}: not run on {run.base} (its gateway/ has {lacking})."
+                    )
+                continue
+            target: Target = judge(
+                statistics.median(values) if values else None,
+                statistics.median(others) if others else None,
             )
-            continue
-        target = translated_target(
-            statistics.median(translated) if translated else None,
-            statistics.median(untranslated) if untranslated else None,
-        )
-        lines.append(f"\n{target.name}, {who} (medians): {target.measured}: **{target.verdict}**")
-        if kind == "gateway" and target.verdict == "FAIL":
-            missed = f"{target.name}: {target.measured}"
+            lines.append(
+                f"\n{target.name}, {who} (medians): {target.measured}: **{target.verdict}**"
+            )
+            if kind == "gateway" and target.verdict == "FAIL":
+                missed.append(f"{target.name}: {target.measured}")
     return lines, missed
 
 
@@ -176,8 +196,8 @@ def quick_verdict(
             lines.append(
                 f"| {name} | {_runs(values)} | {median:.1f} | {base or '—'} | {change} | {scaled} |"
             )
-    translated, missed = _translated(run, side_by_side)
-    lines += translated
+    ratios, missed = _ratios(run, side_by_side)
+    lines += ratios
     speed, calibration, slower = _speed(run, baseline or {})
     lines += speed
     busy = [r.other_pct for r in run.of("gateway")]
@@ -203,8 +223,8 @@ def quick_verdict(
     text = "\n".join(lines) + "\n"
     (out or OUT / "quick.md").write_text(text)
     print(text)
-    if missed:
-        loud(f"TARGET MISSED: {missed}")
+    for miss in missed:
+        loud(f"TARGET MISSED: {miss}")
     if failed or run.problems:
         loud("the quick bench had errors (see above)")
         return 1

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from common import GATEWAY_CPU, LOAD_CPU, ROOT
 from measure import Result, Run
-from scenarios import LIMITS, SCENARIOS, TRANSLATED_MODEL
+from scenarios import FANOUT_MODELS, FANOUT_PATH, LIMITS, SCENARIOS, TRANSLATED_MODEL
 from targets import (
+    FANOUT,
     REFERENCE_CEILING_US,
+    SINGLE,
     TRANSLATED,
     UNTRANSLATED,
     Target,
@@ -70,7 +72,10 @@ def _setup() -> str:
         f"the translated stream's model `{TRANSLATED_MODEL}` on an `anthropic` provider pointing "
         "at the same upstream, which answers it with Anthropic's Messages events (the "
         "gateway's OpenAI stream then has a chunk more at each end: the role's and the "
-        "finish reason's, which carry no word). "
+        "finish reason's, which carry no word); the fan-out's models "
+        f"{', '.join(f'`{m}`' for m in FANOUT_MODELS)}, three deployments like `bench` on "
+        f"the same provider, asked for in one request to `{FANOUT_PATH}` (one choice per "
+        "model, each checked). "
         "The gateway logs at INFO (one access line per request, as shipped) to a file. Every "
         "answer is checked (status 200, the exact text; streams end with `data: [DONE]`). CPU "
         "is the gateway process's own utime+stime over the scenario, divided by completed "
@@ -155,6 +160,15 @@ def _throughput(run: Run, label: dict[str, str]) -> list[str]:
             f"{t.cpu_us_chunk:.1f} µs/chunk, {t.cpu_us_chunk / u.cpu_us_chunk:.2f}x the "
             f"{u.cpu_us_chunk:.1f} of {UNTRANSLATED} (the same stream relayed untranslated). "
             "It is not run directly: the upstream's direct answer would be the other's."
+        )
+        L.append("")
+    f, one = run.get(FANOUT, "gateway"), run.get(SINGLE, "gateway")
+    if f and one and f.cpu_us_req and one.cpu_us_req:
+        L.append(
+            f"{FANOUT} (one request to {len(FANOUT_MODELS)} models, an upstream call each, "
+            f"one answer with a choice per model): {f.cpu_us_req:.0f} µs/request, "
+            f"{f.cpu_us_req / one.cpu_us_req:.2f}x the {one.cpu_us_req:.0f} of {SINGLE} "
+            "(a single call). It is not run directly: the upstream has no fan-out route."
         )
         L.append("")
     if bottleneck:

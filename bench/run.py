@@ -59,7 +59,7 @@ from procs import (
 )
 from quick import baseline_commit, quick_verdict
 from report import render
-from scenarios import Scenario, seconds_for, select, served
+from scenarios import Scenario, lacks, seconds_for, select
 from targets import evaluate, scale_factor
 
 
@@ -198,10 +198,12 @@ def _turn(
 
 
 def warm_up_models(system: System, scenarios: list[Scenario]) -> None:
-    """A second of each scenario whose model the common warm-up (model ``bench``) leaves
-    cold (the translated stream's: another provider, its own connections); its errors
-    stop the run before any figure is taken."""
-    for scenario in {s.model: s for s in scenarios if s.model != "bench"}.values():
+    """A second of each scenario whose models or route the common warm-up (model
+    ``bench``) leaves cold (the translated stream's: another provider, its own
+    connections; the fan-out's: its route, two more models); its errors stop the run
+    before any figure is taken."""
+    cold = [s for s in scenarios if s.model != "bench" or s.models]
+    for scenario in {(s.model, s.models, s.path): s for s in cold}.values():
         result = run_load(scenario, system, 1)
         if result.errors:
             raise RuntimeError(
@@ -254,17 +256,19 @@ def measure_gateway(
         except RuntimeError as exc:  # say, an older gateway that rejects today's config
             loud(f"the gateway as of {base.commit} failed to start; going on without it: {exc}")
             run.base = ""
-    base_lacks = frozenset(s.id for s in scenarios if base is not None and not served(s, base.root))
+    missing = {s.id: lacks(s, base.root) for s in scenarios} if base is not None else {}
+    base_lacks = frozenset(sid for sid, why in missing.items() if why)
     if base_lacks and len(systems) > 1:
-        say(
-            f"{systems[1][0].label} has no anthropic provider: {', '.join(sorted(base_lacks))} "
-            "runs on this tree's gateway only (no side-by-side figure)"
-        )
+        for sid in sorted(base_lacks):
+            say(
+                f"{systems[1][0].label} has {missing[sid]}: {sid} runs on this tree's gateway "
+                "only (no side-by-side figure)"
+            )
     for system, _ in systems:
         say(f"{system.label} on CPU {GATEWAY_CPU} (pid {system.pid}): {system.url}")
         warm_up(system)
-        lacks = base_lacks if system.kind == "base" else frozenset()
-        warm_up_models(system, [s for s in scenarios if s.id not in lacks])
+        skipped = base_lacks if system.kind == "base" else frozenset()
+        warm_up_models(system, [s for s in scenarios if s.id not in skipped])
     gateway = systems[0][0]
     run.gateway_log = shown(log_dir / "gateway.log")
     idle0 = cpu_seconds(gateway.pid)

@@ -9,6 +9,11 @@ provider on the same upstream, which answers Anthropic's Messages API too: the
 gateway turns the OpenAI request into a Messages one and the Messages events back into
 chat chunks. That provider sends no ``mock`` field, so the upstream takes the knobs
 from the model name the deployment asks for (``bench-chunks-20``; bench/upstream.py).
+
+The fan-out scenario sends one request for ``FANOUT_MODELS`` to the fan-out route
+(``POST /v1/fanout/chat/completions``), three models on the same upstream: the
+answer has one choice per model, each of which the checker (bench/wrk/chat.lua) wants
+with the whole text.
 """
 
 from __future__ import annotations
@@ -29,6 +34,11 @@ LIMITS = {"rpm": 100_000_000, "tpm": 100_000_000_000, "max_parallel": 100_000}
 TRANSLATED_MODEL = "bench-translated"
 TRANSLATED_CHUNKS = 20
 
+CHAT_PATH = "/v1/chat/completions"
+FANOUT_PATH = "/v1/fanout/chat/completions"
+# The models one fan-out request asks for: `bench` and two more deployments like it.
+FANOUT_MODELS = ("bench", "bench-b", "bench-c")
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -46,6 +56,10 @@ class Scenario:
     timeout: float = 30.0  # client: per request
     rss_every: float | None = None  # record RSS samples this often (the soak)
     model: str = "bench"
+    # A fan-out request's models, sent as "models" instead of "model" (to ``path``); the
+    # answer has a choice per model, each with the whole text.
+    models: tuple[str, ...] = ()
+    path: str = CHAT_PATH
     # What serves it on the measured CPU: the gateway (then also the peer, when asked),
     # or the ceiling (bench/ceiling.py, a FastAPI route answering a fixed body).
     server: Literal["gateway", "ceiling"] = "gateway"
@@ -59,11 +73,19 @@ class Scenario:
     def id(self) -> str:
         return f"{self.name} c{self.connections}"
 
+    @property
+    def choices(self) -> int:
+        return len(self.models) or 1
+
+    def url(self, chat_url: str) -> str:
+        """This scenario's URL on a system whose chat completions URL is ``chat_url``."""
+        return chat_url.removesuffix(CHAT_PATH) + self.path
+
     def body(self) -> str:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": "Say the benchmark's words, please."}],
-        }
+        body: dict[str, Any] = (
+            {"models": list(self.models)} if self.models else {"model": self.model}
+        )
+        body["messages"] = [{"role": "user", "content": "Say the benchmark's words, please."}]
         if self.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -97,6 +119,19 @@ SCENARIOS: list[Scenario] = [
     # load at 16 connections (its answer is fixed: the default 16 words, non-stream).
     Scenario("ceiling", 16, server="ceiling", direct=False, peer=False, quick=True),
     *_wrk_set("non-stream", quick_at=16),
+    # The non-stream request for three models at once through the fan-out route, in turns
+    # with the single call it is judged against. Neither direct (the upstream has no
+    # fan-out route) nor on the peer.
+    Scenario(
+        "fan-out 3 non-stream",
+        16,
+        models=FANOUT_MODELS,
+        path=FANOUT_PATH,
+        beside="non-stream c16",
+        direct=False,
+        peer=False,
+        quick=True,
+    ),
     *_wrk_set("stream 20", stream=True, chunks=20, quick_at=16),
     *_wrk_set("stream 200", stream=True, chunks=200),
     # The 20-chunk stream at 16 connections, served by the anthropic provider: the same
@@ -175,26 +210,38 @@ def translates(root: Path = ROOT) -> bool:
     return (root / "gateway" / "providers" / "anthropic").is_dir()
 
 
-def served(scenario: Scenario, root: Path = ROOT) -> bool:
-    """Whether the gateway/ under ``root`` can serve ``scenario``'s model."""
-    return scenario.model != TRANSLATED_MODEL or translates(root)
+def fans_out(root: Path = ROOT) -> bool:
+    """Whether the gateway/ under ``root`` has the fan-out route."""
+    return (root / "gateway" / "api" / "fanout.py").is_file()
+
+
+def lacks(scenario: Scenario, root: Path = ROOT) -> str | None:
+    """What the gateway/ under ``root`` lacks to serve ``scenario``, or None."""
+    if scenario.model == TRANSLATED_MODEL and not translates(root):
+        return "no anthropic provider"
+    if scenario.path == FANOUT_PATH and not fans_out(root):
+        return "no fan-out route"
+    return None
 
 
 def gateway_config(upstream: str, key: str, data_dir: Path, root: Path = ROOT) -> dict[str, Any]:
-    """The gateway's config: model `bench` on the upstream (``.../v1``), and
-    `bench-translated` on it through the anthropic provider when the gateway/ under
-    ``root`` has one; one key with Redis limits."""
+    """The gateway's config: models `bench`, `bench-b` and `bench-c` (the fan-out's) on the
+    upstream (``.../v1``), and `bench-translated` on it through the anthropic provider
+    when the gateway/ under ``root`` has one; one key with Redis limits."""
     price = {"input": 0.15, "output": 0.6}
     providers: dict[str, Any] = {
         # Room for the 2,000 held streams (the default pool is 256 connections).
         "bench-upstream": {"type": "openai", "base_url": upstream, "max_connections": 4096}
     }
+    # Every gateway gets the fan-out's models, a base that cannot fan out too: the same
+    # config on both sides of quick mode's comparison.
     models: dict[str, Any] = {
-        "bench": {
+        name: {
             "deployments": [
                 {"provider": "bench-upstream", "model": "bench-upstream-model", "price": price}
             ]
         }
+        for name in FANOUT_MODELS
     }
     if translates(root):
         # The anthropic provider's base_url is the bare origin: it calls {base_url}/v1/messages.

@@ -21,6 +21,11 @@ REFERENCE_CEILING_US = 73.0  # the reference machine's FastAPI route answering i
 TRANSLATED, UNTRANSLATED = "translated stream 20 c16", "stream 20 c16"
 TRANSLATED_RATIO = 1.5
 
+# One request fanned out to three models costs at most this many times the CPU per
+# request of a single call (non-stream, 16 connections).
+FANOUT, SINGLE = "fan-out 3 non-stream c16", "non-stream c16"
+FANOUT_RATIO = 2.5
+
 
 @dataclass(frozen=True)
 class Target:
@@ -68,6 +73,17 @@ def translated_target(translated: float | None, untranslated: float | None) -> T
     ratio = translated / untranslated
     measured = f"{ratio:.2f}x ({translated:.1f} against {untranslated:.1f} µs/chunk)"
     return Target(name, measured, "PASS" if ratio <= TRANSLATED_RATIO else "FAIL")
+
+
+def fanout_target(fanout: float | None, single: float | None) -> Target:
+    """The fan-out to three models' CPU per request against a single call's (µs/request
+    each, measured in the same run), judged on their ratio, which no machine scales."""
+    name = f"fan-out to 3: CPU/request ≤ {FANOUT_RATIO:g}x a single call (non-stream, 16 conns)"
+    if fanout is None or not single:
+        return Target(name, "not measured", "n/a")
+    ratio = fanout / single
+    measured = f"{ratio:.2f}x ({fanout:.0f} against {single:.0f} µs/request)"
+    return Target(name, measured, "PASS" if ratio <= FANOUT_RATIO else "FAIL")
 
 
 def evaluate(run: Run) -> list[Target]:
@@ -123,6 +139,7 @@ def evaluate(run: Run) -> list[Target]:
         " µs",
     )
     out.append(translated_target(gw(TRANSLATED, "cpu_us_chunk"), gw(UNTRANSLATED, "cpu_us_chunk")))
+    out.append(fanout_target(gw(FANOUT, "cpu_us_req"), gw(SINGLE, "cpu_us_req")))
     add(
         "stream: added TTFT p50 ≤ 1 ms (paced, 4 streams)",
         added("paced TTFT c4", "ttft_p50_ms"),

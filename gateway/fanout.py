@@ -32,6 +32,7 @@ from starlette.responses import Response
 from gateway.admission import Call
 from gateway.disconnect import cancel_on_disconnect
 from gateway.errors import GatewayError, UpstreamUnavailable
+from gateway.fastpath import request_for
 from gateway.ingress.base import Codec
 from gateway.pipeline import SettlingJSON, settle
 from gateway.routing.call import Answered, RoutedCall
@@ -53,7 +54,7 @@ async def fanout(call: Call[FanoutRequest], codec: Codec) -> Response:
     body = call.body
     router = call.resources.router
     request_id = call.access.request_id
-    routed = [RoutedCall(name, body.for_model(name), request_id, 0.0) for name in body.models]
+    routed = [RoutedCall(name, request_for(body, name), request_id, 0.0) for name in body.models]
     handed_over = False
     left = False
     try:

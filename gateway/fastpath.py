@@ -46,6 +46,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope, Send
 
 from gateway.config import ConfigError, ServerConfig
+from gateway.schemas.openai import ChatCompletionRequest, FanoutRequest
 
 if TYPE_CHECKING:  # a mixin of uvicorn's protocol; imported with the server, not here
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Protocol
@@ -377,6 +378,32 @@ def model_json(model: type[M]) -> ModelJSON[M]:
     made = _by_model.get(model)
     if made is None:
         made = _by_model[model] = ModelJSON(model)
+    return made
+
+
+def request_for(request: FanoutRequest, model: str) -> ChatCompletionRequest:
+    """A fan-out's request for one of its models, as ``FanoutRequest.for_model`` makes
+    it: the request's own state copied as ``model_copy`` copies it, ``models`` left
+    out and ``model`` set, into a plain chat request. ``model_construct`` looks up the
+    default of every unset field again (README row "a fan-out's request per model":
+    2.4 vs 28.8 µs a model). The values are shared with ``request``, as
+    ``model_construct`` shares them.
+
+    Plain counterpart: ``request.for_model(model)``.
+    """
+    if not _selected:
+        return request.for_model(model)
+    values = request.__dict__.copy()
+    del values["models"]
+    values["model"] = model
+    extra = request.__pydantic_extra__
+    made = ChatCompletionRequest.__new__(ChatCompletionRequest)
+    object.__setattr__(made, "__dict__", values)
+    object.__setattr__(
+        made, "__pydantic_fields_set__", request.model_fields_set - {"models"} | {"model"}
+    )
+    object.__setattr__(made, "__pydantic_extra__", None if extra is None else dict(extra))
+    object.__setattr__(made, "__pydantic_private__", None)
     return made
 
 

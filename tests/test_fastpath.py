@@ -9,6 +9,7 @@ gateways, one each way, and compare what a client reads from them.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -34,6 +35,7 @@ from gateway.schemas.openai import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     EmbeddingResponse,
+    FanoutRequest,
 )
 from gateway.server import EdgeProtocol, HttpProtocol, protocol_for
 from gateway.streaming import EventStreamResponse, StreamPlan, StreamState
@@ -463,3 +465,19 @@ def test_a_gateway_serving_without_them_says_so(gateways: dict[str, ServerProces
 
 def _no_frame(error: object) -> bytes:
     return b""
+
+
+def test_a_fanout_request_per_model_is_the_plain_one() -> None:
+    body = FanoutRequest.model_validate_json(
+        b'{"models": ["a", "b"], "messages": [{"role": "user", "content": "hi"}],'
+        b' "stream": true, "temperature": 0.5, "mock": {"chunks": 3}}'
+    )
+    fast, plain = fastpath.request_for(body, "b"), body.for_model("b")
+    assert type(fast) is type(plain) is ChatCompletionRequest
+    assert fast.model_fields_set == plain.model_fields_set
+    assert "models" not in fast.model_fields_set
+    assert fast.model_extra == plain.model_extra == {"mock": {"chunks": 3}}
+    dumped = fast.model_dump_json(exclude_unset=True)
+    assert dumped == plain.model_dump_json(exclude_unset=True)
+    assert json.loads(dumped)["model"] == "b"
+    assert body.model_extra == {"mock": {"chunks": 3}}  # the fan-out's own, untouched

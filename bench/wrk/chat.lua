@@ -5,16 +5,23 @@
 --   BENCH_KEY     the bearer key ("" for none)
 --   BENCH_STREAM  "1" for an SSE stream
 --   BENCH_EXPECT  the answer's text (" w0 w1 ... w{N-1}")
+--   BENCH_CHOICES how many choices a completion has, each with that text
+--                 (a fan-out's, one per model; default 1; not for streams)
 --
 -- An answer is good when its status is 200 and its text is exactly BENCH_EXPECT:
--- in the message of a completion, or concatenated from the chunks' deltas of a
--- stream, which must end with "data: [DONE]". done() prints one JSON line with
--- the counts and latency percentiles (microseconds).
+-- in the message of each of the BENCH_CHOICES choices of a completion (no more,
+-- no fewer), or concatenated from the chunks' deltas of a stream, which must end
+-- with "data: [DONE]". done() prints one JSON line with the counts and latency
+-- percentiles (microseconds).
 
 local body = os.getenv("BENCH_BODY") or error("BENCH_BODY is not set")
 local key = os.getenv("BENCH_KEY") or ""
 local stream = os.getenv("BENCH_STREAM") == "1"
 local expect = os.getenv("BENCH_EXPECT") or error("BENCH_EXPECT is not set")
+local choices = tonumber(os.getenv("BENCH_CHOICES") or "1")
+if stream and choices ~= 1 then
+  error("BENCH_CHOICES is for completions: a stream's text is checked as one")
+end
 
 wrk.method = "POST"
 wrk.body = body
@@ -48,7 +55,14 @@ local function good(b)
   if stream then
     return b:sub(-#DONE) == DONE and stream_text(b) == expect
   end
-  return b:find(expect_pattern) ~= nil
+  local found, at = 0, 1
+  while true do
+    local _, stop = b:find(expect_pattern, at)
+    if stop == nil then
+      return found == choices
+    end
+    found, at = found + 1, stop + 1
+  end
 end
 
 function response(status, headers, b)

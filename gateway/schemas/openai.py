@@ -175,21 +175,11 @@ class FanoutRequest(ChatCompletionRequest):
     def for_model(self, model: str) -> ChatCompletionRequest:
         """This request as a plain chat request for ``model``, what the client would have
         sent for it alone: the fields it set, and those the gateway does not know."""
-        # The state copied as model_copy copies it, not rebuilt by model_construct, which
-        # looks up the default of every unset field again: the __dict__ holds them all.
-        # The values themselves are shared with this request, as model_construct shared them.
-        values = self.__dict__.copy()
-        del values["models"]
-        values["model"] = model
-        extra = self.__pydantic_extra__
-        request = ChatCompletionRequest.__new__(ChatCompletionRequest)
-        object.__setattr__(request, "__dict__", values)
-        object.__setattr__(
-            request, "__pydantic_fields_set__", self.model_fields_set - {"models"} | {"model"}
-        )
-        object.__setattr__(request, "__pydantic_extra__", None if extra is None else dict(extra))
-        object.__setattr__(request, "__pydantic_private__", None)
-        return request
+        fields = {name: getattr(self, name) for name in self.model_fields_set}
+        fields.pop("models", None)
+        fields["model"] = model
+        # The set fields include the unknown ones, which model_construct keeps as extras.
+        return ChatCompletionRequest.model_construct(set(fields), **fields)
 
 
 def _one_input_error(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
