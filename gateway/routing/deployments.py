@@ -12,8 +12,9 @@ runs per chunk after it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from functools import partial
 from typing import Any, Protocol
 
 from gateway.errors import InvalidRequest, RateLimited
@@ -146,19 +147,25 @@ class Deployments:
         loop = asyncio.get_running_loop()
         started = loop.time()
         native = call.native
-        upstream = AsyncExitStack()
+        relayed = native is not None and speaks_messages(provider)
+        # The provider's stream is entered and closed here rather than through an exit
+        # stack of its own, one layer fewer to enter and unwind per stream; ``close`` is
+        # set once it is entered.
+        close: Callable[[], Awaitable[object]] | None = None
         try:
-            items: AsyncIterator[Any]
-            if native is not None and speaks_messages(provider):
+            upstream: AbstractAsyncContextManager[AsyncIterator[Any]]
+            if relayed:
+                assert native is not None
                 raw = native.body_for(target.deployment.model)
-                items = await upstream.enter_async_context(provider.messages_stream(raw, ctx))
+                upstream = provider.messages_stream(raw, ctx)
                 produced = _event_produced
             else:
                 if native is not None and native.refusal is not None:
                     raise native.refusal
-                request = call.request
-                items = await upstream.enter_async_context(provider.stream(request, ctx))  # type: ignore[arg-type]
+                upstream = provider.stream(call.request, ctx)  # type: ignore[arg-type]
                 produced = _chunk_produced
+            items = await upstream.__aenter__()
+            close = partial(upstream.__aexit__, None, None, None)
             head: list[Any] = []
             while True:
                 try:
@@ -169,14 +176,15 @@ class Deployments:
                 if produced(item):
                     break
         except BaseException as exc:
-            # Shielded: a cancelled attempt (a losing hedge, a client gone) still
-            # closes its upstream connection.
-            await asyncio.shield(upstream.aclose())
+            if close is not None:
+                # Shielded: a cancelled attempt (a losing hedge, a client gone) still
+                # closes its upstream connection.
+                await asyncio.shield(close())
             self._state.finish(attempt, exc)
             raise
         self._state.answered(target.name, loop.time() - started)
-        stack.push_async_callback(upstream.aclose)
-        return Opened(head, items, native is not None and speaks_messages(provider), attempt)
+        stack.push_async_callback(close)
+        return Opened(head, items, relayed, attempt)
 
     def _start(self, call: RoutedCall, target: Target) -> Attempt:
         attempt = Attempt(target)
