@@ -6,7 +6,8 @@ a malformed answer), and for a stream only before its first output: once
 ``Deployments.open`` has returned, the stream is the client's. A retry goes to
 another deployment when one is usable and not tried yet, at once; to the same
 one after an exponential backoff with jitter, never sooner than the last
-error's ``Retry-After``. No attempt starts once the call's deadline would be
+error's ``Retry-After``; a ``Retry-After`` longer than the longest backoff is
+not waited out, and the error goes back to the client with it. No attempt starts once the call's deadline would be
 passed.
 
 The first attempt runs without tenacity: the calls that succeed at once (nearly
@@ -71,12 +72,13 @@ class Retry:
         policy = self._policy
         loop = asyncio.get_running_loop()
         delay = self._delay(call, first, 1)
-        if loop.time() + delay > call.deadline:
+        if loop.time() + delay > call.deadline or self._too_long(call, first):
             raise first
         await asyncio.sleep(delay)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts - 1)
-            | stop_before_delay(max(0.0, call.deadline - loop.time())),
+            | stop_before_delay(max(0.0, call.deadline - loop.time()))
+            | (lambda state: self._too_long(call, _error_of(state))),
             wait=lambda state: self._delay(call, _error_of(state), state.attempt_number + 1),
             retry=retry_if_exception(_retryable),
             reraise=True,
@@ -85,6 +87,16 @@ class Retry:
             with step:
                 return await attempt()
         raise AssertionError("unreachable: tenacity returns or raises")  # pragma: no cover
+
+    def _too_long(self, call: RoutedCall, error: BaseException | None) -> bool:
+        """Whether the next attempt would have to wait out a Retry-After longer than the
+        backoff ever waits: the client is better told, with the Retry-After, than held."""
+        retry_after = error.retry_after if isinstance(error, GatewayError) else None
+        return (
+            retry_after is not None
+            and retry_after * 1000 > self._policy.max_backoff_ms
+            and not self.deployments.has_alternative(call)
+        )
 
     def _delay(self, call: RoutedCall, error: BaseException | None, failures: int) -> float:
         """Seconds before the next attempt, after ``failures`` failed ones."""

@@ -269,6 +269,19 @@ async def test_a_retry_on_the_same_deployment_waits_out_retry_after(
     assert sent[1] - sent[0] >= 0.150 - 0.005  # never sooner (a lower bound only)
 
 
+async def test_a_retry_after_longer_than_the_longest_backoff_goes_back_to_the_client(
+    gateway: GatewayFactory, upstream: respx.Router
+) -> None:
+    # 20 s to wait, the backoff never waits more than 1 s: the client is told, not held.
+    gw = gateway(one("{attempts: 3, backoff_ms: 1, max_backoff_ms: 1000}"))
+    route = upstream.post(url("a")).mock(return_value=error(429, **{"retry-after": "20"}))
+    with pytest.raises(UpstreamRateLimited) as raised:
+        await asyncio.wait_for(gw.answer(chat("m")), 15)  # had it waited: TimeoutError
+    assert route.call_count == 1
+    assert raised.value.response_headers()["retry-after"] == "20"
+    assert "x-should-retry" not in raised.value.response_headers()  # the SDK may retry
+
+
 def test_the_wait_is_exponential_with_jitter_capped_and_never_below_retry_after(
     gateway: GatewayFactory,
 ) -> None:
