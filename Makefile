@@ -22,10 +22,16 @@ run: setup
 # The suite, then a second pass with the framework bypasses off (gateway/fastpath.py),
 # so an upgrade of FastAPI, Starlette, uvicorn or pydantic cannot break one unnoticed.
 # The second pass runs the tests that serve requests through the app or a real
-# gateway (~2.5 min on a 2-core machine); the rest never meet a bypass, and running
-# the whole suite again would take the test target past its budget.
-BYPASS_TESTS := tests/api tests/ingress tests/integration tests/schemas tests/test_app.py \
-	tests/test_deps.py tests/test_pipeline.py tests/test_server.py tests/test_server_edge.py
+# gateway and read what a client sees of them (SDKs, streams, errors, disconnects,
+# every provider's translation): every bypass is on their path. The rest (limits and
+# stores, routing's choices, deployment files) meet the same bypasses no other way,
+# and running them again would take the test target past its budget.
+BYPASS_TESTS := tests/api tests/ingress tests/schemas tests/test_app.py tests/test_deps.py \
+	tests/test_pipeline.py tests/test_server.py tests/test_server_edge.py \
+	$(addprefix tests/integration/,test_chat_sdk.py test_anthropic_ingress.py \
+	test_stream_lifecycle.py test_client_disconnect.py test_upstream_failures.py \
+	test_node_sdk.py test_security.py test_fuzz.py test_mock_tool_calls.py test_fanout.py \
+	test_tool_round_trip.py test_settle_after_answer.py test_cost.py test_model_card.py)
 
 test: setup
 	bash scripts/test-setup.sh
