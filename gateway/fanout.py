@@ -34,7 +34,7 @@ from gateway.disconnect import cancel_on_disconnect
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.fastpath import request_for
 from gateway.ingress.base import Codec
-from gateway.pipeline import SettlingJSON, settle
+from gateway.pipeline import SettlingJSON, settle, stream_response
 from gateway.routing.call import Answered, RoutedCall
 from gateway.routing.fanout import Merged, answer_all
 from gateway.routing.router import RoutedStream
@@ -46,7 +46,7 @@ from gateway.schemas.openai import (
     FanoutRequest,
     Usage,
 )
-from gateway.streaming import EventStreamResponse, StreamPlan, StreamState
+from gateway.streaming import StreamPlan, StreamState
 
 
 async def fanout(call: Call[FanoutRequest], codec: Codec) -> Response:
@@ -178,24 +178,10 @@ def _stream(
         _name_servers(call, routed)
         return StreamPlan(head, merged, encode, done, codec.error_frame)
 
-    async def on_close(state: StreamState) -> None:
-        try:
-            await merged.aclose()
-        finally:  # settled whatever closing did: the lease must go back
-            access.outcome = state.outcome
-            if state.error is not None:
-                access.failed(state.error)
-            await settle(call, routed, left=state.outcome == "client_disconnect")
+    async def close(state: StreamState) -> None:
+        await merged.aclose()
 
-    server = call.resources.settings.server
-    return EventStreamResponse(
-        open_stream,
-        error_frame=codec.error_frame,
-        error_response=codec.error_response,
-        on_close=on_close,
-        commit_after=server.stream_commit_seconds,
-        keepalive=server.keepalive_seconds,
-    )
+    return stream_response(call, routed, codec, open_stream, close)
 
 
 def _completion_id(call: Call) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, cast
 
 from starlette.requests import ClientDisconnect
@@ -174,19 +174,36 @@ def _stream(call: Call[ChatCompletionRequest], stream: RoutedStream, codec: Code
             )
         return StreamPlan(opened.head, opened.rest, encode, codec.done_frame, codec.error_frame)
 
+    async def close(state: StreamState) -> None:
+        await stream.close(
+            state.error if state.outcome == "error" else None,
+            usage_of(),
+            state.chunks,
+            left=state.outcome == "client_disconnect",
+        )
+
+    return stream_response(call, (stream.call,), codec, open_stream, close)
+
+
+def stream_response(
+    call: Call,
+    routed: Sequence[RoutedCall],
+    codec: Codec,
+    open_stream: Callable[[], Awaitable[StreamPlan]],
+    close: Callable[[StreamState], Awaitable[None]],
+) -> Response:
+    """An event stream that opens with ``open_stream`` and, however it ends, is closed by
+    ``close`` (its upstreams), then has its outcome on the access line and is settled."""
+    access = call.access
+
     async def on_close(state: StreamState) -> None:
         try:
-            await stream.close(
-                state.error if state.outcome == "error" else None,
-                usage_of(),
-                state.chunks,
-                left=state.outcome == "client_disconnect",
-            )
+            await close(state)
         finally:  # settled whatever closing the upstream did: the lease must go back
             access.outcome = state.outcome
             if state.error is not None:
                 access.failed(state.error)
-            await settle(call, (stream.call,), left=state.outcome == "client_disconnect")
+            await settle(call, routed, left=state.outcome == "client_disconnect")
 
     server = call.resources.settings.server
     return EventStreamResponse(
