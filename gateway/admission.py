@@ -33,7 +33,7 @@ from gateway.limits import estimate
 from gateway.limits.base import Grant
 from gateway.limits.keys import KeyRecord
 from gateway.limits.usage import reservation_cost
-from gateway.observability.logging import AccessRecord
+from gateway.observability.access import AccessRecord
 from gateway.resources import Resources
 from gateway.routing.deployments import no_embeddings
 from gateway.routing.router import ModelRoute, Router
@@ -150,6 +150,9 @@ async def _admit(
         grant = await resources.gatekeeper.admit(key, tokens, cost, len(routes))
     except GatewayError as exc:
         access.limits = exc.limits  # a refusal's, for its 429's headers
+        if exc.limit is not None:
+            access.limit = exc.limit
+            resources.observer.refused(access, exc.limit)
         raise
     access.limits = grant.limits
     return Call(resources, access, key, body, grant, prompt)

@@ -15,7 +15,11 @@ from gateway.api import admin, anthropic, fanout, health, openai
 from gateway.api.handlers import install_error_handlers
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.config import Settings, load_settings, resolve_config_path
-from gateway.observability.logging import AccessLog, configure_logging
+from gateway.live import Live, Reloaded
+from gateway.observability.access import AccessLog
+from gateway.observability.logging import configure_logging
+from gateway.observability.observer import Observers
+from gateway.reload import listen_for_sighup, reload_config
 from gateway.resources import Resources
 
 # FastAPI's built-in OpenTelemetry asks, on every request, whether a provider is
@@ -26,24 +30,42 @@ ROUTERS = (openai.router, anthropic.router, fanout.router, health.router, admin.
 _NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
-def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """The gateway for ``settings``; ``transport`` replaces every provider's (tests)."""
+def create_app(
+    settings: Settings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    signals: bool = False,
+) -> FastAPI:
+    """The gateway for ``settings``; ``transport`` replaces every provider's (tests).
+    ``signals``: SIGHUP reloads the config (the served process's, not a test's)."""
 
     # The framework bypasses, chosen here once: the routes' for this app, the
     # serializers' for the process (gateway/fastpath.py).
     bypass = fastpath.enabled(settings.server)
     fastpath.select(bypass)
     access_log = AccessLog()
+    observer = Observers([access_log])
+    live = Live()
+
+    async def build(new: Settings, previous: Resources) -> Resources:
+        return await Resources.build(new, transport, previous=previous)
+
+    async def reload(cause: str = "signal") -> Reloaded:
+        return await reload_config(live, build, cause=cause)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Resources]]:
-        resources = await Resources.build(settings, transport)
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
+        resources = await Resources.build(settings, transport, observer=observer)
+        live.start(resources)
         access_log.start()
+        stop_listening = listen_for_sighup(reload) if signals else None
         _tune_gc()
         try:
-            yield {"resources": resources}
+            yield {"resources": resources, "live": live, "reload": reload}
         finally:
-            await resources.aclose()
+            if stop_listening is not None:
+                stop_listening()
+            await live.aclose()
             await access_log.aclose()
 
     # server.docs: false keeps the API's map from strangers (docs/operations.md).
@@ -67,11 +89,7 @@ def create_app(settings: Settings, *, transport: httpx.AsyncBaseTransport | None
             allow_headers=["*"],
             expose_headers=["x-request-id", "x-gateway-served-by", "retry-after"],
         )
-    app.add_middleware(
-        RequestContextMiddleware,
-        max_body_bytes=settings.server.max_body_bytes,
-        access_log=access_log,
-    )
+    app.add_middleware(RequestContextMiddleware, live=live, observer=observer)
     return app
 
 
@@ -93,4 +111,4 @@ def app_from_env() -> FastAPI:
     import os
 
     configure_logging(os.environ.get("GATEWAY_LOG_LEVEL", "INFO"))
-    return create_app(load_settings(resolve_config_path(None, os.environ)))
+    return create_app(load_settings(resolve_config_path(None, os.environ)), signals=True)

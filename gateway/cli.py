@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -23,6 +23,7 @@ from gateway.config import (
 )
 from gateway.observability.logging import configure_logging
 from gateway.providers.registry import check_types
+from gateway.reload import SUPERVISOR_ENV
 from gateway.validation import mask_url
 
 log = logging.getLogger("gateway")
@@ -103,42 +104,31 @@ def _uvicorn_kwargs(args: argparse.Namespace, server: ServerConfig) -> dict[str,
     }
 
 
-RELOAD_NOT_SUPPORTED = (
-    "SIGHUP: reloading the config is not supported; still serving with the config "
-    "loaded at start (restart the gateway to apply a new one)"
-)
-
-
-def _reload_not_supported(signum: int, frame: object) -> None:
-    """SIGHUP, whose default is to end the process silently: say why nothing happens."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        log.warning(RELOAD_NOT_SUPPORTED)
-    else:  # logged from the loop, not from a handler that may have interrupted a log write
-        loop.call_soon_threadsafe(log.warning, RELOAD_NOT_SUPPORTED)
-
-
 def worker_app() -> object:
-    """uvicorn's factory in each worker of ``serve --workers N``: ``app_from_env``, in a
-    process where SIGHUP says reload is not supported instead of ending the worker."""
-    signal.signal(signal.SIGHUP, _reload_not_supported)
+    """uvicorn's factory in each worker of ``serve --workers N``: ``app_from_env``. SIGHUP
+    is ignored until the app's lifespan listens for it (a reload), not the end of the worker."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from gateway.app import app_from_env
 
     return app_from_env()
 
 
 def _serve_workers(kwargs: dict[str, object], workers: int) -> None:
-    """``uvicorn.run(..., workers=N)``, but SIGHUP to the supervisor is logged and
-    ignored: uvicorn's would replace the workers, and the new ones would read a
-    changed config while the supervisor kept its old ``server:`` settings."""
+    """``uvicorn.run(..., workers=N)``, but SIGHUP to the supervisor reloads the config in
+    every worker (gateway/reload.py) instead of replacing them: uvicorn's would drop their
+    requests in flight, and the supervisor's own ``server:`` settings would stay old."""
     import uvicorn
     from uvicorn.supervisors.multiprocess import Multiprocess
 
     class Supervisor(Multiprocess):
         def handle_hup(self) -> None:
-            log.warning(RELOAD_NOT_SUPPORTED)
+            log.info("SIGHUP: reloading the config in %d workers", len(self.processes))
+            for process in self.processes:
+                if process.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
 
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())
     config = uvicorn.Config("gateway.cli:worker_app", factory=True, workers=workers, **kwargs)
     Supervisor(config, sockets=[config.bind_socket()]).run()
 
@@ -209,8 +199,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         from gateway.app import create_app
 
-        signal.signal(signal.SIGHUP, _reload_not_supported)
-        uvicorn.run(create_app(settings), **kwargs)
+        # Until the lifespan listens for SIGHUP (a reload), it must not end the process.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        uvicorn.run(create_app(settings, signals=True), **kwargs)
     return 0
 
 

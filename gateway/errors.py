@@ -83,6 +83,8 @@ class GatewayError(Exception):
     # A refused admission's ``LimitsState`` (gateway/limits/base.py): where the key
     # stands, which the client's ingress renders as its rate-limit headers.
     limits: object | None = None
+    # The limit that refused the admission (rpm, tpm, max_parallel, budget), for metrics.
+    limit: str | None = None
 
     def __init__(
         self,
@@ -283,3 +285,9 @@ def validation_error(errors: list[dict]) -> InvalidRequest:
     else:
         message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}."
     return InvalidRequest(message, param=param)
+
+
+class ConfigRefused(GatewayError):
+    """A reload's config did not load or could not be set up; the running one stays."""
+
+    status, type, code = 400, "invalid_request_error", "config_invalid"

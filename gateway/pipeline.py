@@ -38,7 +38,8 @@ from gateway.disconnect import cancel_on_disconnect
 from gateway.ingress.base import Codec, EmbeddingCodec, RelayCodec, StreamEncoder
 from gateway.limits.base import TokenCounts
 from gateway.limits.usage import NO_TOKENS, cost_of, counts_of, usage_event
-from gateway.routing.call import Answered, RoutedCall
+from gateway.observability.observer import AttemptReport
+from gateway.routing.call import Answered, Attempt, RoutedCall
 from gateway.routing.router import RoutedStream
 from gateway.schemas.openai import (
     ChatCompletion,
@@ -195,6 +196,12 @@ def stream_response(
     """An event stream that opens with ``open_stream`` and, however it ends, is closed by
     ``close`` (its upstreams), then has its outcome on the access line and is settled."""
     access = call.access
+    observer = call.resources.observer
+
+    async def opening() -> StreamPlan:
+        access.stream = True
+        observer.stream_opened(access)
+        return await open_stream()
 
     async def on_close(state: StreamState) -> None:
         try:
@@ -203,11 +210,14 @@ def stream_response(
             access.outcome = state.outcome
             if state.error is not None:
                 access.failed(state.error)
-            await settle(call, routed, left=state.outcome == "client_disconnect")
+            try:
+                await settle(call, routed, left=state.outcome == "client_disconnect")
+            finally:
+                observer.stream_closed(access)
 
     server = call.resources.settings.server
     return EventStreamResponse(
-        open_stream,
+        opening,
         error_frame=codec.error_frame,
         error_response=codec.error_response,
         on_close=on_close,
@@ -234,6 +244,8 @@ async def settle(call: Call, routed: Sequence[RoutedCall], *, left: bool) -> Non
     """
     events = []
     total_in = total_out = 0
+    total_cost = 0.0
+    access, observer = call.access, call.resources.observer
     attempts = (
         [a for one in routed for a in one.attempts] if len(routed) > 1 else routed[0].attempts
     )
@@ -247,14 +259,41 @@ async def settle(call: Call, routed: Sequence[RoutedCall], *, left: bool) -> Non
         total_in += counts.input
         total_out += counts.output
         cost = cost_of(attempt.target.price, counts)
+        total_cost += cost
         failed = attempt.error is not None
         events.append(usage_event(attempt.target.model, counts, cost, failed))
+        observer.attempt(access, _report(attempt, counts, cost))
     if not events:
         events.append(usage_event(routed[0].model, NO_TOKENS, 0.0, not left))
-    access = call.access
     access.input_tokens, access.output_tokens = total_in, total_out
+    access.cost_usd = total_cost
     access.attempts = len(attempts)
     await call.resources.gatekeeper.settle(call.grant, events)
+
+
+def _report(attempt: Attempt, counts: TokenCounts, cost: float) -> AttemptReport:
+    target, error = attempt.target, attempt.error
+    if error is not None:
+        outcome = "error"
+    elif attempt.superseded:
+        outcome = "superseded"
+    elif attempt.cancelled:
+        outcome = "cancelled"
+    else:
+        outcome = "ok"
+    return AttemptReport(
+        target.model,
+        target.provider.name,
+        target.deployment.model,
+        outcome,
+        error.reason if error is not None else None,
+        attempt.via,
+        counts.input,
+        counts.output,
+        cost,
+        attempt.started,
+        attempt.ended_at or time.time(),
+    )
 
 
 class SettlingJSON(Response):

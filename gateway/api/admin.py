@@ -21,18 +21,22 @@ from gateway.config import Limits
 from gateway.deps import GatekeeperDep, ResourcesDep, presented_key
 from gateway.errors import (
     AdminDisabled,
+    ConfigRefused,
     InvalidAPIKey,
     InvalidRequest,
     RequestTooLarge,
     validation_error,
 )
 from gateway.limits.keys import KeyRecord, as_utc
+from gateway.live import ReloadRefused
+from gateway.reload import signal_siblings
 from gateway.schemas.admin import (
     KeyCreate,
     KeyCreated,
     KeyList,
     KeyOut,
     KeyUpdate,
+    ReloadOut,
     UsageDoc,
     UsageList,
 )
@@ -277,3 +281,20 @@ async def all_usage(gatekeeper: GatekeeperDep) -> UsageList:
         if not has_more or not records:
             return UsageList(data=docs)
         after = records[-1].id
+
+
+@router.post("/reload", response_model=ReloadOut, dependencies=[_NO_QUERY])
+async def reload_config(request: Request) -> ReloadOut:
+    """Read the config file again, on this worker and (through the supervisor) on its
+    siblings; 400 with the file's problem when it is refused, the running config kept."""
+    try:
+        reloaded = await request.state.reload("admin API")
+    except ReloadRefused as exc:
+        raise ConfigRefused(str(exc)) from None
+    return ReloadOut(
+        generation=reloaded.generation,
+        source=reloaded.source,
+        changed=reloaded.changed,
+        restart_needed=reloaded.restart_needed,
+        workers_signalled=signal_siblings(),
+    )

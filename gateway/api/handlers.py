@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from gateway.errors import GatewayError, InvalidRequest, validation_error
 from gateway.ingress import Codec, codec_of
-from gateway.observability.logging import AccessRecord
+from gateway.observability.access import AccessRecord
 
 log = logging.getLogger("gateway.errors")
 

@@ -33,7 +33,10 @@ from gateway.disconnect import CANCEL_ON_DISCONNECT, CLIENT_GONE
 from gateway.errors import RequestTooLarge
 from gateway.ids import new_id
 from gateway.ingress import SCOPE_KEY, Codec, codec_for
-from gateway.observability.logging import AccessLog, AccessRecord
+from gateway.live import Live
+from gateway.observability.access import AccessRecord
+from gateway.observability.logging import REQUEST_ID
+from gateway.observability.observer import Observer
 
 _SANE_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
@@ -47,13 +50,13 @@ class RequestContextMiddleware:
         self,
         app: ASGIApp,
         *,
-        max_body_bytes: int,
-        access_log: AccessLog,
+        live: Live,
+        observer: Observer,
         ingress: Callable[[str], Codec] = codec_for,
     ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.access_log = access_log
+        self.live = live  # the generation of resources each request runs on
+        self.observer = observer  # told when each request starts and ends
         self.ingress = ingress  # a path -> the codec of the ingress that serves it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,6 +78,16 @@ class RequestContextMiddleware:
         scope["gateway.access"] = record
         scope[SCOPE_KEY] = codec = self.ingress(path)
         disconnect.bind(scope)
+        # The request runs on this generation of the config from start to end, its
+        # stream included (gateway/live.py): the routes find it in the request's state.
+        live, observer = self.live, self.observer
+        resources = live.enter()
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = state = {}
+        state["resources"] = resources
+        logged_id = REQUEST_ID.set(record.request_id)
+        observer.request_started(record)
         started = time.perf_counter()
 
         # A plain function handing back send's awaitable: one coroutine less per
@@ -90,7 +103,7 @@ class RequestContextMiddleware:
                 message["headers"] = headers
             return send(message)
 
-        limit = self.max_body_bytes
+        limit = resources.settings.server.max_body_bytes
         try:
             if length > limit:
                 refusal = codec.error_response(_too_large(limit), {"connection": "close"})
@@ -123,7 +136,9 @@ class RequestContextMiddleware:
             # The task the route left there would tie the scope and the task's context
             # (which holds the scope) into a cycle only the collector could free.
             scope.pop(CANCEL_ON_DISCONNECT, None)
-            self.access_log.write(record.line((time.perf_counter() - started) * 1000))
+            observer.request_finished(record, time.perf_counter() - started)
+            live.leave(resources)
+            REQUEST_ID.reset(logged_id)
 
 
 def _counting(receive: Receive, limit: int) -> Receive:

@@ -33,6 +33,7 @@ from typing import NamedTuple, Protocol
 from gateway.config import Limits
 from gateway.errors import GatewayError, QuotaExceeded, RateLimited, TooManyInFlight
 from gateway.limits.keys import KeyRecord
+from gateway.observability.observer import Observer
 from gateway.schemas.admin import UsageDoc
 
 WINDOW_MS = 60_000
@@ -124,6 +125,7 @@ class UsageEvent:
 
 class Store(Protocol):
     backend: str
+    observer: Observer  # told when the store goes down and comes back
 
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
@@ -210,7 +212,21 @@ def refusal(
     """The error for a refused admission, with Retry-After and where the key stands."""
     error = _refusal(reason, limits, admission, retry_ms)
     error.limits = state
+    error.limit = _LIMIT_NAMES[reason]
     return error
+
+
+# Each refusal by the limit it names (the metrics' ``limit`` label).
+_LIMIT_NAMES = {
+    REFUSED_RPM: "rpm",
+    REFUSED_RPM_CALLS: "rpm",
+    REFUSED_TPM: "tpm",
+    REFUSED_TOO_LARGE: "tpm",
+    REFUSED_PARALLEL: "max_parallel",
+    REFUSED_PARALLEL_CALLS: "max_parallel",
+    REFUSED_BUDGET: "budget",
+    REFUSED_BUDGET_HELD: "budget",
+}
 
 
 def _refusal(reason: int, limits: Limits, admission: Admission, retry_ms: float) -> GatewayError:

@@ -24,6 +24,7 @@ from gateway.limits.base import LEASE_TTL_MS, Admission, Grant, UsageEvent, spen
 from gateway.limits.keys import KeyNameTaken, KeyRecord
 from gateway.limits.local import LocalLimiter
 from gateway.limits.usage import COUNTERS, UsageTable, usage_doc
+from gateway.observability.observer import Observer
 from gateway.schemas.admin import UsageDoc
 
 log = logging.getLogger("gateway.limits")
@@ -127,6 +128,7 @@ class EmbeddedStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gateway-sqlite")
         self._db: sqlite3.Connection | None = None
         self._limiter = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
+        self.observer = Observer()  # never told anything: this store does not go down
         self._by_hash: dict[str, KeyRecord] = {}
         self._by_id: dict[str, tuple[str, KeyRecord]] = {}
         # The admin API's writes, one at a time: read-modify-write is then atomic.

@@ -63,12 +63,18 @@ class Gatekeeper:
 
     async def start(self) -> None:
         await self.store.start()
+        self.start_renewing()
+
+    def start_renewing(self) -> None:
+        """Renew the leases of this gatekeeper's requests in flight (its store is open)."""
         self._renewer = asyncio.create_task(self._renew_forever(), name="gateway-lease-renewal")
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, close_store: bool = True) -> None:
+        """Stop renewing; close the store unless a reloaded gatekeeper took it over."""
         if self._renewer is not None:
             self._renewer.cancel()
-        await self.store.aclose()
+        if close_store:
+            await self.store.aclose()
 
     # ------------------------------------------------------------ the request path
 

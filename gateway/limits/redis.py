@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ from gateway.limits.local import LocalLimiter
 from gateway.limits.redis_keys import KeyWrites, record_from_redis
 from gateway.limits.resp import RedisConnection, RedisDown, ReplyError, Script
 from gateway.limits.usage import COUNTERS, UsageTable, usage_doc
+from gateway.observability.observer import Observer
 from gateway.schemas.admin import UsageDoc
 
 _COUNTER_INDEX = {counter: i for i, counter in enumerate(COUNTERS)}
@@ -123,6 +125,7 @@ class RedisStore:
         self._buffer: deque[tuple[Grant, Sequence[UsageEvent]]] = deque(maxlen=BUFFER_LIMIT)
         self._down_since: float | None = None
         self._recovery: asyncio.Task[None] | None = None
+        self.observer = Observer()  # told when Redis goes down and comes back
 
     async def _call(self, *args: object) -> object:
         """One command, with loss of Redis noticed (and a 503 for the caller).
@@ -200,6 +203,7 @@ class RedisStore:
                 else "refusing requests"
             )
             log.error("redis unreachable (%s): %s until it returns", exc, mode)
+            self.observer.store_changed(False, time.time())
         if self._recovery is None or self._recovery.done():
             self._recovery = asyncio.create_task(self._recover(), name="gateway-redis-recovery")
 
@@ -219,6 +223,7 @@ class RedisStore:
             down_for = asyncio.get_running_loop().time() - (self._down_since or 0)
             self._down_since = None
             log.warning("redis is back after %.1fs; shared limits resumed", down_for)
+            self.observer.store_changed(True, time.time())
             return
 
     async def _flush_buffer(self) -> None:

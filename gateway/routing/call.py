@@ -65,6 +65,19 @@ class Attempt:
     cancelled: bool = False  # given up by the gateway: a losing hedge, the client left
     superseded: bool = False  # a losing hedge: billed its prompt, which the upstream read
     ended: bool = False
+    # How routing came to start it: "" (the call's first), retry, hedge or fallback;
+    # marked by the layer that started it, for the metrics and the traces.
+    via: str = ""
+    started: float = 0.0  # time.time() at its start
+    ended_at: float = 0.0  # time.time() at its end (an answer, a failure, a stream's close)
+
+
+def mark(call: RoutedCall, since: int, via: str) -> None:
+    """Say how the call's attempts from ``since`` on were started (``Attempt.via``),
+    where the layer inside, which started them, has not already."""
+    for attempt in call.attempts[since:]:
+        if not attempt.via:
+            attempt.via = via
 
 
 @dataclass(slots=True, eq=False)

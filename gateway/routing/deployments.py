@@ -12,6 +12,7 @@ runs per chunk after it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from functools import partial
@@ -187,7 +188,7 @@ class Deployments:
         return Opened(head, items, relayed, attempt)
 
     def _start(self, call: RoutedCall, target: Target) -> Attempt:
-        attempt = Attempt(target)
+        attempt = Attempt(target, started=time.time())
         call.attempts.append(attempt)
         self._state.started(target.name)
         return attempt

@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from typing import TypeVar
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamRejected
-from gateway.routing.call import Answered, Opened, RoutedCall
+from gateway.routing.call import Answered, Opened, RoutedCall, mark
 from gateway.routing.deployments import Caller, DeploymentsBusy
 
 T = TypeVar("T")
@@ -73,8 +73,11 @@ class Fallback:
             name, caller = candidates[0]
             tried.add(name)
             call.served_model = name
+            since = len(call.attempts)
             try:
                 return await attempt(caller)
             except GatewayError as exc:
                 error = exc
+            finally:
+                mark(call, since, "fallback")
         raise error

@@ -18,7 +18,7 @@ from contextlib import AsyncExitStack
 from typing import TypeVar
 
 from gateway.errors import GatewayError
-from gateway.routing.call import Answered, Opened, RoutedCall
+from gateway.routing.call import Answered, Opened, RoutedCall, mark
 from gateway.routing.deployments import Caller
 from gateway.routing.state import RoutingState
 
@@ -116,6 +116,7 @@ class Hedge:
                 # winner's answer goes on; shielded, so a cancellation of this call
                 # still lets it finish.
                 await asyncio.shield(asyncio.gather(*pending, return_exceptions=True))
+            mark(call, losers + 1, "hedge")
             if won:  # else the whole call was given up: nothing was superseded
                 for attempt in call.attempts[losers:]:
                     attempt.superseded = attempt.cancelled

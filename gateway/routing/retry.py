@@ -32,7 +32,7 @@ from tenacity import (
 
 from gateway.config import Retries
 from gateway.errors import GatewayError
-from gateway.routing.call import Answered, Opened, RoutedCall
+from gateway.routing.call import Answered, Opened, RoutedCall, mark
 from gateway.routing.deployments import Caller
 
 T = TypeVar("T")
@@ -69,12 +69,20 @@ class Retry:
     async def _again(
         self, call: RoutedCall, first: GatewayError, attempt: Callable[[], Awaitable[T]]
     ) -> T:
-        policy = self._policy
         loop = asyncio.get_running_loop()
         delay = self._delay(call, first, 1)
         if loop.time() + delay > call.deadline or self._too_long(call, first):
             raise first
         await asyncio.sleep(delay)
+        retries = len(call.attempts)
+        try:
+            return await self._retrying(call, attempt)
+        finally:
+            mark(call, retries, "retry")
+
+    async def _retrying(self, call: RoutedCall, attempt: Callable[[], Awaitable[T]]) -> T:
+        policy = self._policy
+        loop = asyncio.get_running_loop()
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts - 1)
             | stop_before_delay(max(0.0, call.deadline - loop.time()))

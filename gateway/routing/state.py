@@ -22,6 +22,7 @@ from typing import Protocol
 
 from gateway.config import Cooldown
 from gateway.errors import GatewayError, UpstreamRateLimited
+from gateway.observability.observer import Observer
 from gateway.routing.call import Attempt
 
 # The weight of the newest time to first token in the running average: a deployment
@@ -58,6 +59,7 @@ class RoutingState:
         self._deployments: dict[str, DeploymentState] = {}
         self.clock = clock
         self.board: CooldownBoard | None = None
+        self.observer = Observer()  # told of each cooldown started here
 
     def __getitem__(self, name: str) -> DeploymentState:
         found = self._deployments.get(name)
@@ -103,6 +105,7 @@ class RoutingState:
         if attempt.ended:
             return
         attempt.ended = True
+        attempt.ended_at = time.time()
         target = attempt.target
         if exc is None:
             self.ended(target.name, None, target.cooldown)
@@ -120,6 +123,7 @@ class RoutingState:
             state.failures = 0  # tried again afresh once the cooldown ends
             if self.board is not None:
                 self.board.publish(name, until)
+            self.observer.cooled(name, until - self.clock())
 
     def merge(self, cooldowns: Iterable[tuple[str, float]]) -> None:
         """Cooldowns started elsewhere (another worker or instance), as the board read them."""

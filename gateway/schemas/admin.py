@@ -93,3 +93,14 @@ class UsageDoc(UsageCounters):
 class UsageList(BaseModel):
     object: Literal["list"] = "list"
     data: list[UsageDoc]
+
+
+class ReloadOut(BaseModel):
+    """``POST /admin/reload``: what the reload changed on the worker that answered."""
+
+    object: Literal["reload"] = "reload"
+    generation: int  # counts the configs this worker has run, 1 at start
+    source: str  # the file read
+    changed: list[str]  # one line per kind of change; empty: the file is unchanged
+    restart_needed: list[str]  # server: settings that changed but apply only at restart
+    workers_signalled: bool  # serve --workers N: the other workers were told to reload

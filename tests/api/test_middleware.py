@@ -16,7 +16,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from gateway.api.middleware import RequestContextMiddleware
 from gateway.disconnect import CANCEL_ON_DISCONNECT, CLIENT_GONE, cancel_on_disconnect
-from gateway.observability.logging import AccessLog
+from gateway.observability.access import AccessLog
+from tests.stubs import stub_live
 
 
 def _scope() -> dict[str, Any]:
@@ -40,7 +41,7 @@ async def _run(app: Any, scope: dict[str, Any], receive: Any = None) -> tuple[st
     async def nothing() -> dict:
         return {"type": "http.disconnect"}
 
-    middleware = RequestContextMiddleware(app, max_body_bytes=1000, access_log=access_log)
+    middleware = RequestContextMiddleware(app, live=stub_live(1000), observer=access_log)
     await middleware(scope, receive or nothing, send)
     access_log.flush()
     return stream.getvalue(), sent

@@ -27,13 +27,14 @@ from gateway.ingress import OPENAI, SCOPE_KEY, Codec, codec_for
 from gateway.ingress.base import ChunkEncoder, RawHeaders
 from gateway.ingress.openai import _reset, duration
 from gateway.limits.base import LimitsState
-from gateway.observability.logging import AccessLog
+from gateway.observability.access import AccessLog
 from gateway.schemas.openai import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
     EmbeddingResponse,
 )
+from tests.stubs import stub_live
 
 # ---------------------------------------------------------------- the OpenAI codec
 
@@ -253,8 +254,8 @@ def _app() -> Any:
     # Where create_app puts it: inside the outermost error layer, around everything else.
     app.add_middleware(
         RequestContextMiddleware,
-        max_body_bytes=100,
-        access_log=AccessLog(io.StringIO()),
+        live=stub_live(100),
+        observer=AccessLog(io.StringIO()),
         ingress=_ingress,
     )
     return app

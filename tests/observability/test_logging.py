@@ -8,7 +8,8 @@ import re
 
 import pytest
 
-from gateway.observability.logging import AccessLog, AccessRecord, SafeFormatter, escape
+from gateway.observability.access import AccessLog, AccessRecord
+from gateway.observability.logging import SafeFormatter, escape
 
 # A record's line: its fields are name=value, separated by single spaces.
 FIELD = re.compile(r"[a-z_]+=\S*")
