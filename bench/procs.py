@@ -189,22 +189,26 @@ def start_gateway(
     log_dir: Path,
     redis: tuple[int, int],
     base: Source | None = None,
+    quiet: bool = False,
 ) -> tuple[System, Popen]:
     """The gateway (one uvicorn worker) on the bench's Redis (``redis``: its port and pid):
-    this tree's, or with ``base`` that commit's, under its own name, files and Redis database."""
+    this tree's, or with ``base`` that commit's, under its own name, files and Redis database.
+    ``quiet``: without its metrics and its access log (what they cost is the difference)."""
     port = free_port()
     key = f"sk-bench-{uuid.uuid4().hex}"
     name = f"base-{base.commit}" if base else "gateway"
     config = log_dir / f"{name}.yaml"  # JSON is YAML: no dependency needed to write it
     cwd = base.root if base else ROOT
     data = gateway_config(upstream.url.rsplit("/chat/", 1)[0], key, log_dir / f"{name}-data", cwd)
+    if quiet:
+        data["server"]["metrics"] = False
     config.write_text(json.dumps(data, indent=2) + "\n")
     env = {**clean_env(), "REDIS_URL": f"redis://127.0.0.1:{redis[0]}/{1 if base else 0}"}
     system = _system(name, "base" if base else "gateway", port, key)
     system.redis_pid = redis[1]
     argv = [
         venv_python(), "-m", "gateway", "serve", "--config", str(config),
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "INFO",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "WARNING" if quiet else "INFO",
     ]  # fmt: skip
     log = log_dir / f"{name}.log"
     proc = _serve(procs, system, GATEWAY_CPU, argv, log, 30, env, cwd)

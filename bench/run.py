@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="--quick: measure gateway/ as of REV beside this tree's (default: the commit "
         "bench/baseline.json was recorded at; 'none': judge on its recorded figures)",
     )
+    parser.add_argument(
+        "--base-quiet",
+        action="store_true",
+        help="--quick: the base gateway runs without metrics and access log; with "
+        "--against HEAD, the difference is what they cost",
+    )
     parser.add_argument("--out", type=Path, help="default: bench/RESULTS.md, bench/out/quick.md")
     parser.add_argument("--peer", choices=sorted(PEER_SCRIPTS), help="a known peer gateway")
     parser.add_argument("--peer-cmd", help="a peer's start command; {port} {upstream} {key}")
@@ -106,6 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.quick = True
     if args.against and not args.quick:
         parser.error("--against is for --quick")
+    if args.base_quiet and not args.quick:
+        parser.error("--base-quiet is for --quick")
     if args.quick and (args.peer or args.peer_cmd):
         parser.error("--quick runs the gateway against the direct upstream only")
     if args.update_baseline and args.only:
@@ -252,7 +260,9 @@ def measure_gateway(
     systems = [start_gateway(procs, upstream, log_dir, redis)]
     if base is not None:
         try:
-            systems.append(start_gateway(procs, upstream, log_dir, redis, base))
+            systems.append(
+                start_gateway(procs, upstream, log_dir, redis, base, quiet=args.base_quiet)
+            )
         except RuntimeError as exc:  # say, an older gateway that rejects today's config
             loud(f"the gateway as of {base.commit} failed to start; going on without it: {exc}")
             run.base = ""

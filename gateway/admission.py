@@ -34,6 +34,7 @@ from gateway.limits.base import Grant
 from gateway.limits.keys import KeyRecord
 from gateway.limits.usage import reservation_cost
 from gateway.observability.access import AccessRecord
+from gateway.observability.logging import log_prompt
 from gateway.resources import Resources
 from gateway.routing.deployments import no_embeddings
 from gateway.routing.router import ModelRoute, Router
@@ -155,7 +156,18 @@ async def _admit(
             resources.observer.refused(access, exc.limit)
         raise
     access.limits = grant.limits
+    if key.log_prompts:  # off: this check is all it costs
+        _log_prompt(access, key, body, embeds)
     return Call(resources, access, key, body, grant, prompt)
+
+
+def _log_prompt(access: AccessRecord, key: KeyRecord, body: BaseModel, embeds: bool) -> None:
+    """The admitted request's messages (or embedding input), for a key that asked for it."""
+    if embeds:
+        log_prompt(access.request_id, key.name, access.model, "input", body.input)  # type: ignore[attr-defined]
+        return
+    messages = body.model_dump(mode="json", include={"messages"}, exclude_none=True)["messages"]
+    log_prompt(access.request_id, key.name, access.model, "messages", messages)
 
 
 def _route_of(router: Router, key: KeyRecord, model: str, i: int) -> ModelRoute:

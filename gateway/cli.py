@@ -6,8 +6,10 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 
 import yaml
@@ -29,6 +31,8 @@ from gateway.validation import mask_url
 log = logging.getLogger("gateway")
 
 DEMO_KEY = "sk-gateway-demo"
+# Where the workers of --workers N keep their metrics (prometheus-client's multiprocess mode).
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _settings(config: str | None, *, prepare: bool = False) -> Settings:
@@ -42,7 +46,17 @@ def _settings(config: str | None, *, prepare: bool = False) -> Settings:
     _framework_bypasses(settings)  # a bad GATEWAY_FRAMEWORK_BYPASSES is refused here
     if settings.redis_url is None:
         _check_data_dir(settings, prepare=prepare)
+    if settings.server.tracing:
+        _check_tracing(settings)
     return settings
+
+
+def _check_tracing(settings: Settings) -> None:
+    """server.tracing needs the ``tracing`` extra: refused at start when it is missing."""
+    try:
+        import gateway.observability.tracing  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"{settings.source}: server.tracing: {exc}") from None
 
 
 def _framework_bypasses(settings: Settings) -> bool:
@@ -128,9 +142,31 @@ def _serve_workers(kwargs: dict[str, object], workers: int) -> None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(process.pid, signal.SIGHUP)
 
+        def keep_subprocess_alive(self) -> None:
+            before = {process.pid for process in self.processes}
+            super().keep_subprocess_alive()
+            # A worker that died took no leave of the metrics: its in-flight gauges
+            # leave the totals here (a worker that stops does it itself).
+            for pid in before - {process.pid for process in self.processes}:
+                if pid is not None:
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(pid)
+
     os.environ[SUPERVISOR_ENV] = str(os.getpid())
+    # The workers' metrics meet in one directory (docs/operations.md, "Metrics"), named
+    # in their environment before they import prometheus_client. An operator's own is
+    # theirs (to empty between runs); else a fresh one, removed at exit.
+    metrics_dir = None
+    if not os.environ.get(METRICS_DIR_ENV):
+        metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ[METRICS_DIR_ENV] = metrics_dir
     config = uvicorn.Config("gateway.cli:worker_app", factory=True, workers=workers, **kwargs)
-    Supervisor(config, sockets=[config.bind_socket()]).run()
+    try:
+        Supervisor(config, sockets=[config.bind_socket()]).run()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _make_room_for_connections(max_connections: int) -> None:
@@ -164,15 +200,25 @@ def _make_room_for_connections(max_connections: int) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    # What loading the config logs waits for the format the config chooses.
+    configure_logging(args.log_level, hold=True)
     try:
         settings = _settings(args.config, prepare=True)
     except ConfigError as exc:
+        configure_logging(args.log_level)
         return _fail(f"invalid config:\n{exc}")
+    log_format = settings.server.log_format
+    configure_logging(args.log_level, log_format)
     if args.workers > 1 and settings.redis_url is None:
         return _fail(
             f"--workers {args.workers} needs a shared store: set REDIS_URL "
             "(the embedded store serves exactly one process)"
         )
+    # Else each worker fails at start, a traceback of prometheus-client's apiece
+    # (docs/operations.md, "Metrics").
+    metrics_dir = os.environ.get(METRICS_DIR_ENV)
+    if settings.server.metrics and metrics_dir and not os.path.isdir(metrics_dir):
+        return _fail(f"{METRICS_DIR_ENV}={metrics_dir} is not a directory: create it (empty)")
     for warning in warn_about(settings):
         log.warning("%s", warning)
     _warn_demo_key(settings)
@@ -188,6 +234,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     kwargs = _uvicorn_kwargs(args, settings.server)
     # Streams in flight at SIGTERM get drain_seconds to finish before they are cut.
     kwargs["timeout_graceful_shutdown"] = int(settings.server.drain_seconds) + 1
+    if log_format != "text":  # uvicorn's loggers write through configure_logging's handler
+        kwargs["log_config"] = None
     _make_room_for_connections(settings.server.max_connections)
     if args.workers > 1:
         # Each worker is a fresh process: it reads its config and log level from here
@@ -195,6 +243,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.config:
             os.environ["GATEWAY_CONFIG"] = os.path.abspath(args.config)
         os.environ["GATEWAY_LOG_LEVEL"] = args.log_level
+        os.environ["GATEWAY_LOG_FORMAT"] = log_format
         _serve_workers(kwargs, args.workers)
     else:
         from gateway.app import create_app
@@ -246,10 +295,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_mock_upstream(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from gateway.mockserver import create_mock_app
+    from gateway.mockserver import counting_connections, create_mock_app
 
     log.info("mock upstream on http://%s:%d/v1", args.host, args.port)
-    uvicorn.run(create_mock_app(), **_uvicorn_kwargs(args, ServerConfig()))
+    app, kwargs = create_mock_app(), _uvicorn_kwargs(args, ServerConfig())
+    kwargs["http"] = counting_connections(app, kwargs["http"])  # type: ignore[arg-type]
+    uvicorn.run(app, **kwargs)
     return 0
 
 

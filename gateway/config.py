@@ -192,6 +192,8 @@ class KeyConfig(_Strict):
     limits: Limits = Limits()
     expires_at: datetime | None = None
     metadata: dict[str, Any] = {}
+    # Log each admitted request's messages (or embedding input) on gateway.prompts.
+    log_prompts: bool = False
 
     @field_validator("key")
     @classmethod
@@ -217,6 +219,10 @@ class ServerConfig(_Strict):
     fail_mode: Literal["open", "closed"] = "open"
     data_dir: Path | None = None
     metrics: bool = True
+    # stderr's lines: text, or one JSON object each (docs/operations.md, "Logs").
+    log_format: Literal["text", "json"] = "text"
+    # OpenTelemetry spans over OTLP (the `tracing` extra; docs/operations.md, "Tracing").
+    tracing: bool = False
     # Key prefix in Redis, for gateways that share one Redis.
     redis_prefix: str = Field(default="gw:", min_length=1)
     # Redis down, fail_mode open: a key's cached record is trusted this long after the

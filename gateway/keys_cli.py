@@ -56,6 +56,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         )
         p.add_argument("--expires-at", dest="expires_at", help="RFC 3339 time, or 'none'")
         p.add_argument("--metadata", help="a JSON object")
+        p.add_argument(
+            "--log-prompts",
+            dest="log_prompts",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="log its requests' messages on gateway.prompts (off by default)",
+        )
 
     key_fields(action("create", "create a key; its secret is printed once"), creating=True)
     lister = action("list", "list keys")
@@ -68,6 +75,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     action("revoke", "revoke a key (its record and usage stay)").add_argument("id")
     usage = action("usage", "usage of one key, or of all")
     usage.add_argument("id", nargs="?")
+    audit = action("audit", "the audit trail of admin actions, newest first")
+    audit.add_argument("--limit", type=int, default=20)
+    audit.add_argument("--after", help="the last_id of the page before")
     keys.set_defaults(func=run)
 
 
@@ -87,6 +97,8 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
             body["metadata"] = json.loads(args.metadata)
         except ValueError as exc:
             raise _Usage(f"--metadata is not valid JSON: {exc}") from None
+    if args.log_prompts is not None:
+        body["log_prompts"] = args.log_prompts
     return body
 
 
@@ -127,6 +139,9 @@ def _send(client: httpx.Client, args: argparse.Namespace) -> httpx.Response:
         return client.patch(f"/admin/keys/{args.id}", json=_body(args))
     if action == "revoke":
         return client.delete(f"/admin/keys/{args.id}")
+    if action == "audit":
+        params = {"limit": args.limit, **({"after": args.after} if args.after else {})}
+        return client.get("/admin/audit", params=params)
     return client.get(f"/admin/keys/{args.id}/usage" if args.id else "/admin/usage")
 
 

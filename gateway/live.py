@@ -45,9 +45,9 @@ class ReloadRefused(Exception):
 
 @dataclass
 class Reloaded:
-    """What a reload changed."""
+    """What a reload changed: ``changed`` is empty exactly when no new generation was made."""
 
-    generation: int
+    generation: int  # the generation running now
     source: str
     changed: list[str] = field(default_factory=list)  # "models added: a, b", ...
     restart_needed: list[str] = field(default_factory=list)  # settings read only at start
@@ -61,7 +61,12 @@ class Live:
         self.generation = 0
         self._lock = asyncio.Lock()
         self._closing: set[asyncio.Task[None]] = set()
+        # Replaced generations not closed yet, oldest first. A generation shares what it
+        # took over with the one before it, and closes what its successor did not take:
+        # so one is closed only once every older one has been, lest it close a provider
+        # that a request on an older generation still uses.
         self._retired: list[Resources] = []
+        self._shut = False
 
     def start(self, resources: Resources) -> None:
         self.current, self.generation = resources, 1
@@ -75,8 +80,8 @@ class Live:
 
     def leave(self, resources: Resources) -> None:
         resources.in_flight -= 1
-        if not resources.in_flight and resources is not self.current and resources in self._retired:
-            self._close(resources)
+        if not resources.in_flight and resources is not self.current:
+            self._close_drained()
 
     async def reload(
         self,
@@ -85,19 +90,29 @@ class Live:
     ) -> Reloaded:
         """Load the config with ``load`` and, if it differs from the running one, build
         the next generation with ``build`` and swap it in. Raises ``ReloadRefused``
-        (the running config stays) when either fails."""
+        (the running config stays) when either fails.
+
+        ``server:`` settings outside ``RELOADABLE_SERVER_FIELDS`` keep their running
+        values in the new generation (what it says is what runs); those that changed in
+        the file are listed in ``restart_needed``, at every reload until a restart.
+        """
         async with self._lock:
             old = self.current
             assert old is not None, "the app's lifespan has not started"
+            if self._shut:
+                raise ReloadRefused("the gateway is shutting down")
             try:
-                settings = load()
+                loaded = load()
             except ConfigError as exc:
                 raise ReloadRefused(str(exc)) from None
+            settings = applicable(old.settings, loaded)
             reloaded = Reloaded(self.generation, settings.source)
             reloaded.changed = changes(old.settings, settings)
-            reloaded.restart_needed = restart_needed(old.settings, settings)
-            if not reloaded.changed and settings == old.settings:
+            reloaded.restart_needed = restart_needed(old.settings, loaded)
+            if settings == old.settings:
                 return reloaded
+            if not reloaded.changed:  # a change no line names (the order of the keys)
+                reloaded.changed = ["config changed"]
             try:
                 new = await build(settings, old)
             except Exception as exc:  # a provider that cannot be set up, ...
@@ -107,12 +122,16 @@ class Live:
             reloaded.generation = self.generation
             self.current = new
             self._retired.append(old)
-            if not old.in_flight:
-                self._close(old)
+            self._close_drained()
             return reloaded
 
+    def _close_drained(self) -> None:
+        """Close the retired generations that have drained, oldest first, stopping at
+        the first that still has requests in flight."""
+        while self._retired and not self._retired[0].in_flight:
+            self._close(self._retired.pop(0))
+
     def _close(self, resources: Resources) -> None:
-        self._retired.remove(resources)
         task = asyncio.ensure_future(resources.aclose())
         self._closing.add(task)
         task.add_done_callback(self._closed)
@@ -123,13 +142,17 @@ class Live:
             log.error("closing a replaced config's resources failed", exc_info=task.exception())
 
     async def aclose(self) -> None:
-        """Close every generation: the current one, and those still draining."""
-        for resources in list(self._retired):
-            self._close(resources)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
-        if self.current is not None:
-            await self.current.aclose()
+        """Close every generation: the current one, and those still draining (the
+        server has ended their requests by now). A reload under way finishes first;
+        none starts after."""
+        async with self._lock:
+            self._shut = True
+            while self._retired:
+                self._close(self._retired.pop(0))
+            if self._closing:
+                await asyncio.gather(*self._closing, return_exceptions=True)
+            if self.current is not None:
+                await self.current.aclose()
 
 
 def changes(old: Settings, new: Settings) -> list[str]:
@@ -145,8 +168,18 @@ def changes(old: Settings, new: Settings) -> list[str]:
                 lines.append(f"{section} {what}: {', '.join(names)}")
     before_keys = {k.name: k for k in old.keys}
     after_keys = {k.name: k for k in new.keys}
-    if before_keys != after_keys:
-        lines.append("keys changed")
+    for what, names in (
+        ("added", sorted(set(after_keys) - set(before_keys))),
+        ("removed", sorted(set(before_keys) - set(after_keys))),
+        (
+            "changed",
+            sorted(
+                n for n in set(before_keys) & set(after_keys) if before_keys[n] != after_keys[n]
+            ),
+        ),
+    ):
+        if names:
+            lines.append(f"keys {what}: {', '.join(names)}")
     if old.prices != new.prices:
         lines.append("prices changed")
     server = [
@@ -160,10 +193,20 @@ def changes(old: Settings, new: Settings) -> list[str]:
 
 
 def restart_needed(old: Settings, new: Settings) -> list[str]:
-    """The ``server:`` settings that changed but apply only at the next start."""
+    """The ``server:`` settings that differ in ``new`` (the file) from what runs
+    (``old``) but apply only at the next start."""
     return [
         f"server.{name}"
         for name in ServerConfig.model_fields
         if name not in RELOADABLE_SERVER_FIELDS
         and getattr(old.server, name) != getattr(new.server, name)
     ]
+
+
+def applicable(old: Settings, new: Settings) -> Settings:
+    """``new`` as a reload can apply it over ``old``: its ``server:`` settings that only a
+    restart applies are ``old``'s."""
+    server = old.server.model_copy(
+        update={name: getattr(new.server, name) for name in RELOADABLE_SERVER_FIELDS}
+    )
+    return new.model_copy(update={"server": server})

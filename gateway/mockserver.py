@@ -17,11 +17,16 @@ closes (gateway/disconnect.py), as ``gateway mock-upstream`` serves it.
 ``models`` counts the same per model received (``requests`` and ``disconnects``
 of each), so a routing test sees which deployments were tried; a request whose
 body does not parse has no model and counts only in the totals.
+
+``connections_open`` is the number of TCP connections open right now, the one
+asking for the stats included (``POST /mock/reset`` keeps it): a test sees when
+a client closes its pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -81,6 +86,7 @@ class MockStats:
     last_disconnect_at: float | None = None
     in_flight: int = 0
     max_in_flight: int = 0
+    connections_open: int = 0
     request_ids: deque[str] = field(default_factory=lambda: deque(maxlen=200))
     models: dict[str, ModelStats] = field(default_factory=dict)
 
@@ -123,7 +129,7 @@ class MockServer:
             body = self.stats.as_json() if path == "/mock/stats" else b'{"status":"ok"}'
             await _respond(send, 200, body)
         elif method == "POST" and path == "/mock/reset":
-            self.stats = MockStats()
+            self.stats = MockStats(connections_open=self.stats.connections_open)
             await _respond(send, 200, b"{}")
         elif method == "GET" and path == "/v1/models":
             await _respond(
@@ -306,3 +312,20 @@ async def _respond(send: Any, status: int, body: bytes, headers: list | None = N
 
 def create_mock_app() -> MockServer:
     return MockServer()
+
+
+def counting_connections(server: MockServer, factory: functools.partial[Any]) -> Any:
+    """uvicorn's ``http=`` protocol ``factory``, counting open connections in ``server``'s
+    ``connections_open``."""
+    base = factory.func
+
+    class Counted(base):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: Any) -> None:
+            server.stats.connections_open += 1
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            server.stats.connections_open -= 1
+            super().connection_lost(exc)
+
+    return functools.partial(Counted, *factory.args, **factory.keywords)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.live import Live, Reloaded, ReloadRefused
+from gateway.providers.registry import check_types
 from gateway.resources import Resources
 
 log = logging.getLogger("gateway.reload")
@@ -31,10 +32,9 @@ SUPERVISOR_ENV = "GATEWAY_SUPERVISOR_PID"
 
 
 def loader(source: str) -> Callable[[], Settings]:
-    """What reads the config named ``source`` (a ``Settings.source``) again."""
-    if source.startswith("<embedded"):
-        return lambda: load_settings(None)
-    if source.startswith("<"):
+    """What reads the config named ``source`` (a ``Settings.source``) again, checked as
+    ``serve`` checks it at start (``ConfigError`` naming the file and field if not)."""
+    if source.startswith("<") and not source.startswith("<embedded"):
 
         def refuse() -> Settings:
             raise ConfigError(
@@ -42,8 +42,14 @@ def loader(source: str) -> Callable[[], Settings]:
             )
 
         return refuse
-    path = Path(source)
-    return lambda: load_settings(path)
+    path = None if source.startswith("<embedded") else Path(source)
+
+    def load() -> Settings:
+        settings = load_settings(path)
+        check_types(settings)  # an unknown provider type, refused like any config error
+        return settings
+
+    return load
 
 
 async def reload_config(
@@ -54,26 +60,38 @@ async def reload_config(
 ) -> Reloaded:
     """Reload this worker's config; logs the outcome, raises ``ReloadRefused``."""
     assert live.current is not None
+    pid = os.getpid()  # under --workers, which worker says it
     try:
         reloaded = await live.reload(loader(live.current.settings.source), build)
     except ReloadRefused as exc:
         log.error(
-            "config reload (%s) refused, still serving the config loaded before: %s", cause, exc
+            "config reload (%s, pid %d) refused, still serving the config loaded before: %s",
+            cause,
+            pid,
+            exc,
         )
         raise
-    if reloaded.changed:
+    if reloaded.changed:  # empty: nothing was swapped
         log.info(
-            "config reloaded (%s) from %s, generation %d: %s",
+            "config reloaded (%s, pid %d) from %s, generation %d: %s",
             cause,
+            pid,
             reloaded.source,
             reloaded.generation,
             "; ".join(reloaded.changed),
         )
     else:
-        log.info("config reload (%s): %s is unchanged", cause, reloaded.source)
+        log.info(
+            "config reload (%s, pid %d): %s is unchanged, generation %d",
+            cause,
+            pid,
+            reloaded.source,
+            reloaded.generation,
+        )
     if reloaded.restart_needed:
         log.warning(
-            "config reload: %s changed, but apply only when the gateway restarts",
+            "config reload (pid %d): %s changed, but apply only when the gateway restarts",
+            pid,
             ", ".join(reloaded.restart_needed),
         )
     return reloaded

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -74,13 +75,15 @@ class Resources:
         *,
         observer: Observer | None = None,
         previous: Resources | None = None,
+        wrap_store: Callable[[Store], Store] | None = None,
     ) -> Resources:
         """Open the store and one HTTP client per enabled provider, or take them over
         from ``previous`` where their config is unchanged.
 
         ``transport`` replaces every provider's transport (tests); ``routing`` is what
         routing learnt so far, else ``previous``'s, else it starts afresh. Nothing of
-        ``previous`` changes hands unless the build succeeds.
+        ``previous`` changes hands unless the build succeeds. ``wrap_store`` wraps a
+        new store (tracing's spans; None, as when tracing is off: nothing wraps it).
         """
         if previous is not None:
             routing = routing or previous.routing
@@ -91,7 +94,12 @@ class Resources:
         providers: dict[str, Provider] = {}
         upstreams: dict[str, Upstream] = {}
         kept: set[str] = set()
-        store = previous.gatekeeper.store if previous is not None else build_store(settings)
+        if previous is not None:
+            store = previous.gatekeeper.store
+        else:
+            store = build_store(settings)
+            if wrap_store is not None:
+                store = wrap_store(store)
         store.observer = observer
         gatekeeper = Gatekeeper(store, settings)
         try:
@@ -116,7 +124,7 @@ class Resources:
             if previous is None:
                 await gatekeeper.start()
             else:
-                gatekeeper.admin_logins = previous.gatekeeper.admin_logins
+                gatekeeper.take_over(previous.gatekeeper)
                 gatekeeper.start_renewing()
         except BaseException:
             for name, upstream in upstreams.items():

@@ -8,14 +8,31 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import yaml
 
+from tests import secrets_scan
+
 ROOT = Path(__file__).resolve().parent.parent
 BYPASSES_ENV = "GATEWAY_FRAMEWORK_BYPASSES"  # gateway/fastpath.py
+SLACK = 5.0  # seconds a stalled machine may add to a wait
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, check: Callable[[], T | None], timeout: float = SLACK) -> T:
+    """Poll ``check`` until it gives something true, and give that; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.05)
 
 
 def free_port() -> int:
@@ -39,6 +56,11 @@ class ServerProcess:
             if not k.startswith(("GATEWAY_", "OPENAI_", "REDIS_URL")) or k == BYPASSES_ENV
         }
         full_env.update(env or {})
+        # The end of the session searches this log for every secret it knows of
+        # (tests/secrets_scan.py), this process's own among them.
+        self.args = args
+        secrets_scan.register_server(args, full_env, env or {})
+        secrets_scan.register_log(self.log_path)
         self._log = self.log_path.open("wb")
         self.proc = subprocess.Popen(
             [
@@ -78,6 +100,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
+            self._scrape_metrics()
             self.proc.terminate()
             try:
                 self.proc.wait(timeout)
@@ -86,6 +109,20 @@ class ServerProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+    def _scrape_metrics(self) -> None:
+        """A gateway's /metrics as it ends, holding every label its requests made,
+        for the session's secrets scan; none where metrics are off (404)."""
+        if self.args[:1] != ["serve"]:
+            return
+        try:
+            r = httpx.get(self.url + "/metrics", timeout=5)
+        except httpx.HTTPError:
+            return  # wedged or gone: its log is still searched
+        if r.status_code == 200:
+            secrets_scan.register_scrape(
+                f"/metrics of the gateway logging to {self.log_path}", r.text
+            )
 
 
 def start_mock_upstream() -> ServerProcess:
@@ -97,6 +134,8 @@ def write_config(directory: Path, config: dict[str, Any]) -> Path:
     # Never the user's data directory: each gateway of a test keeps its own.
     config.setdefault("server", {}).setdefault("data_dir", str(directory / "data"))
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    for secret in secrets_scan.secrets_of_config(config):
+        secrets_scan.register_secret(secret)
     return path
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
+from gateway.api.audit import AuditDep, changed_fields
 from gateway.config import Limits
 from gateway.deps import GatekeeperDep, ResourcesDep, presented_key
 from gateway.errors import (
@@ -31,6 +32,7 @@ from gateway.limits.keys import KeyRecord, as_utc
 from gateway.live import ReloadRefused
 from gateway.reload import signal_siblings
 from gateway.schemas.admin import (
+    AuditList,
     KeyCreate,
     KeyCreated,
     KeyList,
@@ -185,15 +187,20 @@ def _limits(value: dict) -> Limits:
     openapi_extra=_documented(KeyCreate),
 )
 async def create_key(
-    body: Annotated[KeyCreate, Depends(json_body(KeyCreate))], gatekeeper: GatekeeperDep
+    body: Annotated[KeyCreate, Depends(json_body(KeyCreate))],
+    gatekeeper: GatekeeperDep,
+    audit: AuditDep,
 ) -> KeyCreated:
-    secret, record = await gatekeeper.create_key(
-        name=body.name,
-        models=body.models,
-        limits=_limits(body.limits.model_dump()),
-        expires_at=body.expires_at,
-        metadata=body.metadata,
-    )
+    async with audit.action("key.create", ok_status=201) as action:
+        secret, record = await gatekeeper.create_key(
+            name=body.name,
+            models=body.models,
+            limits=_limits(body.limits.model_dump()),
+            expires_at=body.expires_at,
+            metadata=body.metadata,
+            log_prompts=body.log_prompts,
+        )
+        action.target = record.id
     return KeyCreated(**_out(record).model_dump(), key=secret)
 
 
@@ -229,6 +236,8 @@ def _change(body: KeyUpdate) -> Callable[[KeyRecord], KeyRecord]:
             fixed["name"] = value
         elif field == "expires_at":
             fixed["expires_at"] = as_utc(value)
+        elif field == "log_prompts":
+            fixed["log_prompts"] = bool(value)  # null: off, like the default
     # Limits merge field by field with the key's own (an explicit null removes one, a
     # null ``limits`` all), so they are merged with the key as the store holds it.
     limits = body.limits
@@ -255,13 +264,18 @@ async def update_key(
     key_id: str,
     body: Annotated[KeyUpdate, Depends(json_body(KeyUpdate))],
     gatekeeper: GatekeeperDep,
+    audit: AuditDep,
 ) -> KeyOut:
-    return _out(await gatekeeper.update_key(key_id, _change(body)))
+    async with audit.action("key.update", key_id) as action:
+        action.changes = changed_fields(body)
+        updated = await gatekeeper.update_key(key_id, _change(body))
+    return _out(updated)
 
 
 @router.delete("/keys/{key_id}", status_code=204, response_class=Response, dependencies=[_NO_QUERY])
-async def revoke_key(key_id: str, gatekeeper: GatekeeperDep) -> Response:
-    await gatekeeper.revoke_key(key_id)
+async def revoke_key(key_id: str, gatekeeper: GatekeeperDep, audit: AuditDep) -> Response:
+    async with audit.action("key.revoke", key_id, ok_status=204):
+        await gatekeeper.revoke_key(key_id)
     return Response(status_code=204)
 
 
@@ -284,13 +298,15 @@ async def all_usage(gatekeeper: GatekeeperDep) -> UsageList:
 
 
 @router.post("/reload", response_model=ReloadOut, dependencies=[_NO_QUERY])
-async def reload_config(request: Request) -> ReloadOut:
+async def reload_config(request: Request, resources: ResourcesDep, audit: AuditDep) -> ReloadOut:
     """Read the config file again, on this worker and (through the supervisor) on its
     siblings; 400 with the file's problem when it is refused, the running config kept."""
-    try:
-        reloaded = await request.state.reload("admin API")
-    except ReloadRefused as exc:
-        raise ConfigRefused(str(exc)) from None
+    async with audit.action("config.reload", resources.settings.source) as action:
+        try:
+            reloaded = await request.state.reload("admin API")
+        except ReloadRefused as exc:
+            raise ConfigRefused(str(exc)) from None
+        action.changes = reloaded.changed
     return ReloadOut(
         generation=reloaded.generation,
         source=reloaded.source,
@@ -298,3 +314,16 @@ async def reload_config(request: Request) -> ReloadOut:
         restart_needed=reloaded.restart_needed,
         workers_signalled=signal_siblings(),
     )
+
+
+@router.get(
+    "/audit", response_model=AuditList, dependencies=[Depends(allow_query("limit", "after"))]
+)
+async def list_audit(
+    gatekeeper: GatekeeperDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(min_length=1)] = None,
+) -> AuditList:
+    """The admin actions, newest first (docs/operations.md, "Audit trail")."""
+    events, has_more = await gatekeeper.store.list_audit(limit, after)
+    return AuditList(data=events, has_more=has_more, last_id=events[-1].id if events else None)

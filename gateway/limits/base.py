@@ -34,7 +34,7 @@ from gateway.config import Limits
 from gateway.errors import GatewayError, QuotaExceeded, RateLimited, TooManyInFlight
 from gateway.limits.keys import KeyRecord
 from gateway.observability.observer import Observer
-from gateway.schemas.admin import UsageDoc
+from gateway.schemas.admin import AuditEvent, UsageDoc
 
 WINDOW_MS = 60_000
 LEASE_TTL_MS = 30_000  # server.lease_ttl_seconds; renewed every third of it
@@ -151,6 +151,11 @@ class Store(Protocol):
     async def usage(self, key_id: str) -> UsageDoc: ...
     async def last_used(self, key_id: str) -> datetime | None: ...
     async def in_flight(self, key_id: str) -> int: ...
+
+    # The audit trail of admin actions (gateway/limits/audit.py): capped, listed newest
+    # first after an event id; ``StoreUnavailable`` while the store is down.
+    async def record_audit(self, event: AuditEvent) -> None: ...
+    async def list_audit(self, limit: int, after: str | None) -> tuple[list[AuditEvent], bool]: ...
 
 
 def lease_names(ticket: str, calls: int) -> tuple[str, ...]:

@@ -20,12 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.limits.audit import SQLITE_SCHEMA, sqlite_list, sqlite_record
 from gateway.limits.base import LEASE_TTL_MS, Admission, Grant, UsageEvent, spend_periods
 from gateway.limits.keys import KeyNameTaken, KeyRecord
 from gateway.limits.local import LocalLimiter
 from gateway.limits.usage import COUNTERS, UsageTable, usage_doc
 from gateway.observability.observer import Observer
-from gateway.schemas.admin import UsageDoc
+from gateway.schemas.admin import AuditEvent, UsageDoc
 
 log = logging.getLogger("gateway.limits")
 
@@ -149,6 +150,7 @@ class EmbeddedStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        db.executescript(SQLITE_SCHEMA)
         _migrate(db)
         self._db = db
         for key_id, at in db.execute("SELECT key_id, at FROM last_used"):
@@ -346,3 +348,13 @@ class EmbeddedStore:
             ).fetchall()
 
         return usage_doc(key_id, await self._run(read))
+
+    # ------------------------------------------------------------ audit (limits/audit.py)
+
+    async def record_audit(self, event: AuditEvent) -> None:
+        assert self._db is not None
+        await self._run(sqlite_record, self._db, event)
+
+    async def list_audit(self, limit: int, after: str | None) -> tuple[list[AuditEvent], bool]:
+        assert self._db is not None
+        return await self._run(sqlite_list, self._db, limit, after)

@@ -65,6 +65,13 @@ class Gatekeeper:
         await self.store.start()
         self.start_renewing()
 
+    def take_over(self, previous: Gatekeeper) -> None:
+        """Carry on from ``previous`` (a reload): its failed admin logins, and its cached
+        key records, which are what ``fail_mode: open`` serves known keys from while
+        the store is down."""
+        self.admin_logins = previous.admin_logins
+        self._cache = previous._cache
+
     def start_renewing(self) -> None:
         """Renew the leases of this gatekeeper's requests in flight (its store is open)."""
         self._renewer = asyncio.create_task(self._renew_forever(), name="gateway-lease-renewal")
@@ -179,11 +186,17 @@ class Gatekeeper:
         limits: Limits,
         expires_at: datetime | None,
         metadata: dict,
+        log_prompts: bool = False,
     ) -> tuple[str, KeyRecord]:
         if name in self._config_names:
             raise KeyNameTaken(name, self._config_names[name])
         secret, digest, record = new_record(
-            name=name, models=models, limits=limits, expires_at=expires_at, metadata=metadata
+            name=name,
+            models=models,
+            limits=limits,
+            expires_at=expires_at,
+            metadata=metadata,
+            log_prompts=log_prompts,
         )
         await self.store.create_key(record, digest)
         return secret, record

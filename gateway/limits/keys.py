@@ -66,6 +66,7 @@ class KeyRecord(BaseModel):
     revoked_at: datetime | None = None
     source: Literal["api", "config"] = "api"
     metadata: dict[str, Any] = {}
+    log_prompts: bool = False  # its requests' messages are logged (gateway.prompts)
 
     def check_usable(self) -> None:
         if self.revoked_at is not None:
@@ -106,6 +107,7 @@ def record_from_config(key: KeyConfig, started: datetime) -> tuple[str, KeyRecor
         created_at=started,
         source="config",
         metadata=key.metadata,
+        log_prompts=key.log_prompts,
     )
     return digest, record
 
@@ -117,6 +119,7 @@ def new_record(
     limits: Limits,
     expires_at: datetime | None,
     metadata: dict[str, Any],
+    log_prompts: bool = False,
 ) -> tuple[str, str, KeyRecord]:
     """A new API key: (plaintext, hash, record)."""
     secret = new_secret()
@@ -128,6 +131,7 @@ def new_record(
         limits=limits,
         expires_at=as_utc(expires_at),
         created_at=utcnow(),
+        log_prompts=log_prompts,
     )
     if metadata:
         record = record.model_copy(update={"metadata": metadata})

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from importlib import resources
 
 from gateway.errors import StoreUnavailable
+from gateway.limits.audit import RedisAudit
 from gateway.limits.base import (
     LEASE_TTL_MS,
     Admission,
@@ -40,7 +41,7 @@ from gateway.limits.redis_keys import KeyWrites, record_from_redis
 from gateway.limits.resp import RedisConnection, RedisDown, ReplyError, Script
 from gateway.limits.usage import COUNTERS, UsageTable, usage_doc
 from gateway.observability.observer import Observer
-from gateway.schemas.admin import UsageDoc
+from gateway.schemas.admin import AuditEvent, UsageDoc
 
 _COUNTER_INDEX = {counter: i for i, counter in enumerate(COUNTERS)}
 
@@ -118,6 +119,7 @@ class RedisStore:
         self._settle = _script("settle_v4.lua")
         self._renew = _script("renew_v1.lua")
         self._writes = KeyWrites(self)
+        self._audit = RedisAudit(self)
         self._lease_ttl = lease_ttl_ms
         self._local = LocalLimiter(lease_ttl_ms=lease_ttl_ms)
         # Settles Redis could not take, with their grants: written back, they still
@@ -437,6 +439,14 @@ class RedisStore:
             row = rows.setdefault((day, model), [0, 0, 0, 0.0, 0, 0, 0])
             row[index] = float(value) if counter == "cost_usd" else int(value)
         return usage_doc(key_id, [(day, model, *c) for (day, model), c in rows.items()])
+
+    # ------------------------------------------------------------ audit (limits/audit.py)
+
+    async def record_audit(self, event: AuditEvent) -> None:
+        await self._audit.record(event)
+
+    async def list_audit(self, limit: int, after: str | None) -> tuple[list[AuditEvent], bool]:
+        return await self._audit.list(limit, after)
 
 
 def _settle_args(grant: Grant, usages: Sequence[UsageEvent]) -> list[object]:

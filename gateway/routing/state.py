@@ -67,6 +67,12 @@ class RoutingState:
             found = self._deployments[name] = DeploymentState()
         return found
 
+    def cooldown_left(self, name: str) -> float:
+        """Seconds until deployment ``name`` is tried again, 0 when it is not cooling
+        down. Reads only: an unknown name stays unknown (/ready asks it)."""
+        found = self._deployments.get(name)
+        return max(0.0, found.cooldown_until - self.clock()) if found is not None else 0.0
+
     def started(self, name: str) -> None:
         self[name].in_flight += 1
 

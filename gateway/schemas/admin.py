@@ -26,6 +26,7 @@ class KeyCreate(_Strict):
     limits: KeyLimits = KeyLimits()
     expires_at: datetime | None = None
     metadata: dict[str, Any] = {}
+    log_prompts: bool = False  # log its requests' messages (docs/operations.md, "Logs")
 
 
 class KeyUpdate(_Strict):
@@ -36,6 +37,7 @@ class KeyUpdate(_Strict):
     limits: KeyLimits | None = None
     expires_at: datetime | None = None
     metadata: dict[str, Any] | None = None
+    log_prompts: bool | None = None
 
 
 class KeyOut(BaseModel):
@@ -51,6 +53,7 @@ class KeyOut(BaseModel):
     revoked_at: datetime | None
     source: Literal["api", "config"]
     metadata: dict[str, Any]
+    log_prompts: bool = False
 
 
 class KeyCreated(KeyOut):
@@ -104,3 +107,34 @@ class ReloadOut(BaseModel):
     changed: list[str]  # one line per kind of change; empty: the file is unchanged
     restart_needed: list[str]  # server: settings that changed but apply only at restart
     workers_signalled: bool  # serve --workers N: the other workers were told to reload
+
+
+AuditAction = Literal["key.create", "key.update", "key.revoke", "config.reload"]
+
+
+class AuditEvent(BaseModel):
+    """One admin action (docs/operations.md, "Audit trail"). Never holds a secret, a
+    key's plaintext or a changed value: an update names the fields it set, nothing more."""
+
+    id: str = ""  # given by the store that keeps it; "" until stored
+    object: Literal["gateway.audit_event"] = "gateway.audit_event"
+    at: datetime  # when the action was answered, UTC
+    actor: str  # the hint of the master key used (sk-...abcd)
+    client: str  # the address the request came from
+    action: AuditAction
+    target: str | None  # the key's id; for a reload, the config file read
+    # Fields an update set ("limits.rpm"); what a reload changed ("models added: a").
+    changes: list[str] = []
+    outcome: Literal["ok", "refused", "error"]  # refused: a 4xx answer; error: a 5xx
+    status: int  # the HTTP status answered
+    error: str | None = None  # the error's code when not ok (key_not_found, config_invalid)
+    request_id: str | None = None  # the request's x-request-id, as in the access line
+
+
+class AuditList(BaseModel):
+    """``GET /admin/audit``: newest first; ``after`` a ``last_id`` for the next page."""
+
+    object: Literal["list"] = "list"
+    data: list[AuditEvent]
+    has_more: bool
+    last_id: str | None

@@ -364,7 +364,11 @@ def test_health_and_ready(client: TestClient) -> None:
     assert health.json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "store": "embedded", "models": 3}
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert body["store"] == {"backend": "embedded", "status": "ok"}
+    assert body["models"] == {"total": 3, "unavailable": {}}
+    assert body["config"]["generation"] == 1
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, standard_config, start_gateway, write_config
+from tests.servers import (
+    SLACK,
+    ServerProcess,
+    standard_config,
+    start_gateway,
+    wait_for,
+    write_config,
+)
 
-SLACK = 5.0  # seconds a stalled machine may add to a wait
 KEY_PAR1 = "sk-test-disconnect-par1"  # max_parallel 1: a leaked lease refuses the next request
 KEY_RPM1 = "sk-test-disconnect-rpm1"  # rpm 1: a spent request refuses the next one
 
@@ -58,16 +64,6 @@ def _stats(upstream: ServerProcess) -> dict[str, Any]:
     return httpx.get(f"{upstream.url}/mock/stats", timeout=10).json()
 
 
-def _wait_for(what: str, check: Any, timeout: float = SLACK) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.02)
-
-
 def _access_line(server: ServerProcess, request_id: str) -> str:
     def find() -> str | None:
         for line in server.logs().splitlines():
@@ -75,7 +71,7 @@ def _access_line(server: ServerProcess, request_id: str) -> str:
                 return line
         return None
 
-    return _wait_for(f"an access line for {request_id}", find)
+    return wait_for(f"an access line for {request_id}", find)
 
 
 def _assert_no_error_logged(server: ServerProcess) -> None:
@@ -133,12 +129,12 @@ def test_leaving_a_slow_answer_closes_the_upstream_call_at_once(
     with _connect(gateway) as sock:
         # The upstream takes 20 s to answer; the client leaves once the upstream has it.
         sock.sendall(_request(path, {**body, "mock": {"delay_ms": 20_000}}, KEY_PAR1, request_id))
-        _wait_for(
+        wait_for(
             "the upstream has the request",
             lambda: request_id in _stats(upstream)["request_ids"],
         )
     left_at = time.time()
-    after = _wait_for(
+    after = wait_for(
         "the upstream sees its client leave",
         lambda: (s := _stats(upstream))["disconnects"] > before["disconnects"] and s,
     )
@@ -185,9 +181,9 @@ def test_the_mock_counts_a_client_that_leaves_while_it_waits(upstream: ServerPro
                 "/v1/chat/completions", {**body, "mock": {"delay_ms": 20_000}}, "sk-x", request_id
             )
         )
-        _wait_for("the mock has it", lambda: request_id in _stats(upstream)["request_ids"])
+        wait_for("the mock has it", lambda: request_id in _stats(upstream)["request_ids"])
     left_at = time.time()
-    after = _wait_for(
+    after = wait_for(
         "the mock sees its client leave",
         lambda: (s := _stats(upstream))["disconnects"] > before["disconnects"] and s,
     )

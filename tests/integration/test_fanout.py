@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -25,11 +24,8 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from tests.integration.stores import MASTER, create_key, usage
-from tests.servers import ServerProcess, write_config
+from tests.servers import SLACK, ServerProcess, wait_for, write_config
 
-T = TypeVar("T")
-
-SLACK = 5.0  # seconds a stalled machine may add to a wait
 HI = [{"role": "user", "content": "hi"}]
 MODELS = ["fan-a", "fan-b", "fan-c"]
 UPSTREAMS = ["up-a", "up-b", "up-c"]
@@ -104,16 +100,6 @@ def seen(upstreams: dict[str, ServerProcess]) -> Seen:
     return Seen(upstreams)
 
 
-def _wait_for(what: str, check: Callable[[], T], timeout: float = SLACK) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.02)
-
-
 def _access_line(gateway: ServerProcess, request_id: str) -> str:
     def find() -> str | None:
         for line in gateway.logs().splitlines():
@@ -121,7 +107,7 @@ def _access_line(gateway: ServerProcess, request_id: str) -> str:
                 return line
         return None
 
-    return _wait_for(f"an access line for {request_id}", find)
+    return wait_for(f"an access line for {request_id}", find)
 
 
 def _sdk(gateway: ServerProcess, key: str) -> openai.OpenAI:
@@ -278,7 +264,7 @@ def test_a_client_leaving_a_fanout_closes_every_upstream_call(
     body = {"models": MODELS, "messages": HI, "stream": stream, "mock": script}
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(_raw_request(body, key, request_id))
-        _wait_for(
+        wait_for(
             "every upstream called",
             lambda: all(seen(m)["requests"] > before[m]["requests"] for m in MODELS),
         )
@@ -290,7 +276,7 @@ def test_a_client_leaving_a_fanout_closes_every_upstream_call(
                 received += data
             assert received.startswith(b"HTTP/1.1 200 ")
     # Each upstream's connection closed, long before its 20 s or 25 s were up.
-    _wait_for(
+    wait_for(
         "every upstream call closed",
         lambda: all(seen(m)["disconnects"] > before[m]["disconnects"] for m in MODELS),
     )
@@ -298,7 +284,7 @@ def test_a_client_leaving_a_fanout_closes_every_upstream_call(
     assert "outcome=client_disconnect" in line, line
     assert (" status=200 " if script is LONG else " status=499 ") in line, line
     # Every call that reached an upstream is recorded, and the lease is back whole.
-    recorded = _wait_for(
+    recorded = wait_for(
         "the fan-out settled", lambda: (u := usage(gateway.url, key_id))["requests"] == 3 and u
     )
     assert {m["model"] for m in recorded["by_model"]} == set(MODELS)

@@ -208,6 +208,7 @@ def test_keys_create_takes_every_flag(openai_gateway: ServerProcess) -> None:
         "2099-01-02T03:04:05Z",
         "--metadata",
         json.dumps(metadata),
+        "--log-prompts",
         env={"GATEWAY_MASTER_KEY": MASTER},
     )
     assert created_run.returncode == 0, created_run.stderr
@@ -223,6 +224,7 @@ def test_keys_create_takes_every_flag(openai_gateway: ServerProcess) -> None:
             "budget_period": "day",
         },
         "metadata": metadata,
+        "log_prompts": True,
         "source": "api",
         "revoked_at": None,
     }
@@ -248,6 +250,15 @@ def test_keys_create_takes_every_flag(openai_gateway: ServerProcess) -> None:
     assert r.headers["x-ratelimit-limit-tokens"] == "7000"
     assert chat(url, created["key"], "gpt-4o").status_code == 200
     assert chat(url, created["key"], "gpt-4.1-mini").status_code == 403
+
+    # --no-log-prompts switches it off again, and only it changes.
+    updated_run = gateway_cli(
+        "keys", "--url", url, "update", created["id"], "--no-log-prompts",
+        env={"GATEWAY_MASTER_KEY": MASTER},
+    )  # fmt: skip
+    assert updated_run.returncode == 0, updated_run.stderr
+    updated = json.loads(updated_run.stdout)
+    assert {k: updated[k] for k in expected} == {**expected, "log_prompts": False}
 
 
 # ---------------------------------------------------------------- GATEWAY_CONFIG

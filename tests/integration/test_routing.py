@@ -21,10 +21,10 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import openai
@@ -35,11 +35,8 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.config import load_settings
 from tests.integration.stores import MASTER, create_key, usage
-from tests.servers import TEST_KEY, ServerProcess, write_config
+from tests.servers import SLACK, TEST_KEY, ServerProcess, wait_for, write_config
 
-T = TypeVar("T")
-
-SLACK = 5.0  # seconds a stalled machine may add to a wait
 HI = [{"role": "user", "content": "hi"}]
 AUTH = {"authorization": f"Bearer {TEST_KEY}"}
 FAST_RETRIES = {"attempts": 3, "backoff_ms": 1, "max_backoff_ms": 10}
@@ -164,16 +161,6 @@ def seen(upstreams: dict[str, ServerProcess]) -> Seen:
     return Seen(upstreams)
 
 
-def _wait_for(what: str, check: Callable[[], T], timeout: float = SLACK) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"never: {what}"
-        time.sleep(0.02)
-
-
 def _access_lines(gateway: ServerProcess, *request_ids: str) -> list[str]:
     """The access-log lines of ``request_ids``, in that order, once all are written."""
 
@@ -186,7 +173,7 @@ def _access_lines(gateway: ServerProcess, *request_ids: str) -> list[str]:
             return [lines[r] for r in request_ids]
         return None
 
-    return _wait_for(f"access lines for {request_ids}", find)
+    return wait_for(f"access lines for {request_ids}", find)
 
 
 def _access_line(gateway: ServerProcess, request_id: str) -> str:
@@ -269,7 +256,7 @@ def test_least_busy_prefers_the_idle_deployment(http: httpx.Client, seen: Seen) 
         assert served == {"up-b/busy-2": 20}, served
         assert seen.requests("busy-1") == before
     # Closed by the gateway once its client left; idle again, busy-1 is chosen again.
-    _wait_for("busy-1's stream closed upstream", lambda: seen.disconnects("busy-1") >= 1)
+    wait_for("busy-1's stream closed upstream", lambda: seen.disconnects("busy-1") >= 1)
     for _ in range(30):
         if _chat(http, "busy").headers["x-gateway-served-by"] == "up-a/busy-1":
             break
@@ -480,7 +467,7 @@ def test_hedge_answers_from_the_second_deployment_and_closes_the_first(
     else:
         pytest.fail("hedge-a was never the first deployment in 20 calls")
     assert took < 2.5, took  # well before hedge-a's 3 s
-    _wait_for("hedge-a's call closed", lambda: seen.disconnects("hedge-a") > closed)
+    wait_for("hedge-a's call closed", lambda: seen.disconnects("hedge-a") > closed)
     assert " attempts=2" in _access_line(gateway, request_id)
     # Both calls recorded: the winner as it reported, the loser billed its prompt.
     now = usage(gateway.url, key_id)
@@ -505,11 +492,11 @@ def test_a_client_leaving_a_hedge_closes_every_upstream_call(
     request_id = f"hedge-drop-{uuid.uuid4().hex[:10]}"
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
         sock.sendall(_raw_request(body, request_id))
-        _wait_for(
+        wait_for(
             "both deployments called",
             lambda: all(seen.requests(m) > before[m][0] for m in before),
         )
-    _wait_for(
+    wait_for(
         "both upstream calls closed",
         lambda: all(seen.disconnects(m) > before[m][1] for m in before),
     )
