@@ -102,7 +102,8 @@ class Live:
             if self._shut:
                 raise ReloadRefused("the gateway is shutting down")
             try:
-                loaded = load()
+                # Reading and validating the file: off the loop, where requests run.
+                loaded = await asyncio.to_thread(load)
             except ConfigError as exc:
                 raise ReloadRefused(str(exc)) from None
             settings = applicable(old.settings, loaded)
