@@ -203,6 +203,22 @@ def test_embeddings_of_a_mixed_model_go_to_a_deployment_that_embeds(
         assert response.json()["model"] == "mixed"
 
 
+@pytest.mark.parametrize("stream", [True, {"an": {"object": 1}}])
+def test_embeddings_never_stream_whatever_their_body_says(
+    client: TestClient, stream: object
+) -> None:
+    """``stream`` is no embeddings field: passed on as unknown, it never turns the
+    answer into an event stream (it once sent the call down the chat stream path: 502)."""
+    response = client.post(
+        "/v1/embeddings",
+        json={"model": "mixed", "input": "x", "stream": stream},
+        headers=auth(),
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["object"] == "list"
+
+
 # ---------------------------------------------------------------- settled once, however it ends
 
 

@@ -100,7 +100,9 @@ class RoutedCall:
 
     @property
     def stream(self) -> bool:
-        return bool(getattr(self.request, "stream", False))
+        # Embeddings never stream: a "stream" in their body is an unknown field passed
+        # on, whatever its value (a fuzzed object there once sent them down the stream path).
+        return not self.embeds and bool(getattr(self.request, "stream", False))
 
 
 @dataclass(slots=True, eq=False)
