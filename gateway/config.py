@@ -214,6 +214,23 @@ class KeyConfig(_Strict):
         return check_metadata(value)
 
 
+class RedisTLS(_Strict):
+    """TLS to Redis (``rediss://`` URLs): whom to trust, and who the gateway is."""
+
+    # The CA bundle that signed the Redis servers' certificates; unset: the system's.
+    ca_file: Path | None = None
+    # The gateway's own certificate and key, for a Redis that asks for one
+    # (tls-auth-clients yes).
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> RedisTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both, or neither")
+        return self
+
+
 class ServerConfig(_Strict):
     cors_origins: list[str] = []
     fail_mode: Literal["open", "closed"] = "open"
@@ -225,6 +242,8 @@ class ServerConfig(_Strict):
     tracing: bool = False
     # Key prefix in Redis, for gateways that share one Redis.
     redis_prefix: str = Field(default="gw:", min_length=1)
+    # Certificates for rediss:// (docs/operations.md, "Redis: Cluster, Sentinel, TLS").
+    redis_tls: RedisTLS = RedisTLS()
     # Redis down, fail_mode open: a key's cached record is trusted this long after the
     # store last confirmed it, so a key revoked elsewhere stops working within it
     # (docs/limits.md, "When the store is down").
@@ -438,8 +457,14 @@ def load_settings(path: Path | None = None, env: Mapping[str, str] | None = None
     if "keys" in data:
         data["keys"] = _without_empty_keys(data["keys"])
     server = data.get("server")
-    if base is not None and isinstance(server, dict) and server.get("data_dir"):
-        server["data_dir"] = str(base / Path(str(server["data_dir"])).expanduser())
+    if base is not None and isinstance(server, dict):  # paths are the file's, not the cwd's
+        if server.get("data_dir"):
+            server["data_dir"] = str(base / Path(str(server["data_dir"])).expanduser())
+        tls = server.get("redis_tls")
+        if isinstance(tls, dict):
+            for name in ("ca_file", "cert_file", "key_file"):
+                if tls.get(name):
+                    tls[name] = str(base / Path(str(tls[name])).expanduser())
     try:
         settings = Settings.model_validate(
             {

@@ -30,6 +30,7 @@ def build_store(settings: Settings) -> Store:
 
         return RedisStore(
             settings.redis_url.get_secret_value(),
+            tls=settings.server.redis_tls,
             fail_open=settings.server.fail_mode == "open",
             prefix=settings.server.redis_prefix,
             lease_ttl_ms=lease_ttl_ms,

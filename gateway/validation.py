@@ -7,8 +7,9 @@ their user-info masked: they may carry passwords.
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import urlsplit
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 import httpx
 from pydantic_core import to_json
@@ -72,22 +73,98 @@ def check_key_name(value: str) -> str:
     return value
 
 
-_REDIS_SCHEMES = ("redis", "rediss")  # what gateway/limits/resp.py connects to
+# REDIS_URL's forms (docs/configuration.md, "Environment variables"): one Redis, a
+# Redis Cluster by one or several seed nodes, or the primary Sentinel names; a
+# ``rediss`` scheme is the same over TLS (server.redis_tls).
+_REDIS_KINDS = {
+    "redis": "single",
+    "rediss": "single",
+    "redis+cluster": "cluster",
+    "rediss+cluster": "cluster",
+    "redis+sentinel": "sentinel",
+    "rediss+sentinel": "sentinel",
+}
+_DEFAULT_PORTS = {"single": 6379, "cluster": 6379, "sentinel": 26379}
 
 
-def check_redis_url(value: str) -> str:
-    """``redis://[user:password@]host:port/db`` or ``rediss://...``, or ValueError saying why."""
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """What a REDIS_URL names. ``kind`` single may still turn out to be a node of a
+    cluster: that is detected at connect (gateway/limits/connect.py)."""
+
+    kind: Literal["single", "cluster", "sentinel"]
+    nodes: tuple[tuple[str, int], ...]  # the one Redis, the cluster's seeds, or the sentinels
+    tls: bool = False
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    db: int = 0
+    master_name: str | None = None  # sentinel: the primary's name
+
+
+def parse_redis_url(value: str) -> RedisTarget:
+    """The parts of a REDIS_URL, or ValueError saying (with the password masked) why not."""
     shown = mask_url(value)
-    parsed = urlsplit(value)
-    if parsed.scheme not in _REDIS_SCHEMES:
-        raise ValueError(f"{shown!r} must start with redis:// or rediss://")
+    scheme, sep, rest = value.partition("://")
+    kind = _REDIS_KINDS.get(scheme.lower()) if sep else None
+    if kind is None:
+        raise ValueError(
+            f"{shown!r} must start with redis://, rediss://, redis+cluster:// or "
+            "redis+sentinel:// (rediss+...: the same over TLS)"
+        )
+    rest, question, _ = rest.partition("?")
+    authority, _, path = rest.partition("/")
+    if question:
+        raise ValueError(f"{shown!r}: options go in the config's server: section, not the URL")
+    userinfo, at, hosts = authority.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+        if not colon:  # redis://secret@host: a password alone, as redis-py reads it
+            username, password = None, unquote(user)
+    nodes = tuple(_host_port(part, _DEFAULT_PORTS[kind], shown) for part in hosts.split(","))
+    if kind == "single" and len(nodes) > 1:
+        raise ValueError(
+            f"{shown!r} names several hosts: use redis+cluster:// for a cluster's seeds or "
+            "redis+sentinel:// for sentinels"
+        )
+    db, master_name = 0, None
+    if kind == "sentinel":
+        master_name = unquote(path.strip("/"))
+        if not master_name:
+            raise ValueError(f"{shown!r}: name the primary after the sentinels (/mymaster)")
+    elif path.strip("/"):
+        if kind == "cluster":
+            raise ValueError(f"{shown!r}: a cluster has one database: no /db in the URL")
+        if not path.strip("/").isdigit():
+            raise ValueError(f"{shown!r}: the path must be a database number, not {path!r}")
+        db = int(path.strip("/"))
+    return RedisTarget(
+        kind,  # type: ignore[arg-type]
+        nodes,
+        tls=scheme.lower().startswith("rediss"),
+        username=username,
+        password=password,
+        db=db,
+        master_name=master_name,
+    )
+
+
+def _host_port(part: str, default_port: int, shown: str) -> tuple[str, int]:
+    if not part:
+        raise ValueError(f"{shown!r} has an empty host")
     try:
+        parsed = urlsplit(f"//{part}")
         port = parsed.port
     except ValueError:
         raise ValueError(f"{shown!r} has an invalid port") from None
-    if port == 0:
-        raise ValueError(f"{shown!r} has an invalid port")
-    db = parsed.path.lstrip("/")
-    if db and not db.isdigit():
-        raise ValueError(f"{shown!r}: the path must be a database number, not {db!r}")
+    if port == 0 or not parsed.hostname:
+        raise ValueError(f"{shown!r} has an invalid host or port")
+    return parsed.hostname, port or default_port
+
+
+def check_redis_url(value: str) -> str:
+    """A REDIS_URL of one of its forms (``parse_redis_url``), or ValueError saying why."""
+    parse_redis_url(value)
     return value

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What the tests need besides the Python packages: Redis running, nginx and
-# docker-compose installed (config checks), and the Node SDK test's packages.
+# What the tests need besides the Python packages: Redis running (and redis-server
+# itself, for the cluster tests' own servers), nginx and docker-compose installed
+# (config checks), and the Node SDK test's packages.
 # Installs what is missing; fails loudly with what to do when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,9 @@ if ! redis_up; then
 fi
 
 source scripts/apt-install.sh
+
+# The Redis Cluster, Sentinel and TLS tests start their own redis-server processes.
+command -v redis-server >/dev/null || apt_install redis-server
 
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then

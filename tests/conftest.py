@@ -1,15 +1,17 @@
-"""Suite-wide guards."""
+"""Suite-wide guards, and the real Redis topologies any test can ask for."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
 from gateway import fastpath
 from gateway.config import ServerConfig
 from tests import secrets_scan
+from tests.redis_topologies import RedisCluster, RedisSecured, RedisSentinel
 
 # No test may write into the user's data directory: the embedded store's
 # default location follows XDG_DATA_HOME. Set before anything builds an app.
@@ -43,3 +45,53 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for line in report.leaks + report.problems:
             terminalreporter.write_line(line, red=True)
     terminalreporter.write_line(report.summary(), red=report.failed)
+
+
+# Real Redis topologies (tests/redis_topologies.py), each started once per session, when
+# a test first asks for it: a cluster takes seconds to form. Tests share them, so each
+# keeps its data under a prefix of its own, and gets the cluster and the Sentinel setup
+# healthy: whatever the test before it killed or paused is running again. A fixture of
+# a wider scope (a gateway serving on one) takes the ``_session`` one.
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session() -> Iterator[RedisCluster]:
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisCluster) -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 primaries with a replica each, healthy; healed afterwards."""
+    redis_cluster_session.heal()
+    yield redis_cluster_session
+    redis_cluster_session.heal()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_session() -> Iterator[RedisSentinel]:
+    with RedisSentinel() as setup:
+        yield setup
+
+
+@pytest.fixture
+def redis_sentinel(redis_sentinel_session: RedisSentinel) -> Iterator[RedisSentinel]:
+    """A master, its replica and 3 sentinels watching them, healthy; healed afterwards."""
+    redis_sentinel_session.heal()
+    yield redis_sentinel_session
+    redis_sentinel_session.heal()
+
+
+@pytest.fixture(scope="session")
+def redis_acl() -> Iterator[RedisSecured]:
+    """A Redis letting in only its ACL user, with the password."""
+    with RedisSecured() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_tls() -> Iterator[RedisSecured]:
+    """A Redis over TLS only, with a CA made for the run, requiring a client certificate
+    and letting in only its ACL user."""
+    with RedisSecured(tls=True) as server:
+        yield server

@@ -285,7 +285,7 @@ def test_broken_config_names_file_and_field(
         ),
         pytest.param(
             {"REDIS_URL": "http://user:pw@127.0.0.1:6379/0"},
-            "REDIS_URL: 'http://****@127.0.0.1:6379/0' must start with redis:// or rediss://",
+            "REDIS_URL: 'http://****@127.0.0.1:6379/0' must start with redis://, rediss://,",
             id="redis-url-scheme",
         ),
         pytest.param(

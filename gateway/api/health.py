@@ -45,7 +45,7 @@ async def ready(request: Request, resources: ResourcesDep) -> JSONResponse:
     live = getattr(request.state, "live", None)
     body = {
         "status": status,
-        "store": {"backend": store.backend, "status": store_status},
+        "store": _store_body(store.backend, store_status, getattr(store, "last_error", None)),
         "models": {"total": total, "unavailable": unusable},
         "config": {
             "generation": live.generation if live is not None else 1,
@@ -53,6 +53,15 @@ async def ready(request: Request, resources: ResourcesDep) -> JSONResponse:
         },
     }
     return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
+
+
+def _store_body(backend: str, status: str, error: str | None) -> dict[str, str]:
+    """The store's part of the answer; while it is down, why (Redis's own words, as
+    the log has them: an address, a refusal, never a credential)."""
+    body = {"backend": backend, "status": status}
+    if status != "ok" and error:
+        body["error"] = error
+    return body
 
 
 def unusable_models(router: Router) -> dict[str, str]:

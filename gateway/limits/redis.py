@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 
+from gateway.config import RedisTLS
 from gateway.errors import StoreUnavailable
 from gateway.limits.audit import RedisAudit
 from gateway.limits.base import (
@@ -35,6 +36,7 @@ from gateway.limits.base import (
     lease_names,
     refusal,
 )
+from gateway.limits.connect import RedisClient, detect_cluster, redis_client
 from gateway.limits.keys import KeyRecord
 from gateway.limits.local import LocalLimiter
 from gateway.limits.redis_keys import KeyWrites, record_from_redis
@@ -54,7 +56,9 @@ _KEY_LISTS_MAX = 100_000
 _DOWN = (RedisDown, OSError)
 # Replies of a Redis that is up but cannot serve yet (loading its data, a replica cut
 # off from its primary, a cluster reconfiguring): unavailable, not a bug.
-_NOT_SERVING = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY")
+_NOT_SERVING = (
+    "LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "NOREPLICAS",
+)  # fmt: skip
 
 
 def _script(name: str) -> Script:
@@ -108,11 +112,15 @@ class RedisStore:
         self,
         url: str,
         *,
+        tls: RedisTLS | None = None,
         fail_open: bool = True,
         prefix: str = "gw:",
         lease_ttl_ms: int = LEASE_TTL_MS,
     ) -> None:
-        self._redis = RedisConnection(url, timeout=TIMEOUT_SECONDS)
+        self._redis: RedisClient = redis_client(url, tls, timeout=TIMEOUT_SECONDS)
+        # redis:// names one node, which may be a cluster's: asked once it answers.
+        self._detect = isinstance(self._redis, RedisConnection)
+        self.last_error: str | None = None  # why it is down, for /ready (never a secret)
         self.keys = KeySpace(prefix)
         self.fail_open = fail_open
         self._admit = _script("admit_v4.lua")
@@ -166,10 +174,19 @@ class RedisStore:
 
     async def start(self) -> None:
         try:
-            await self._redis.execute("PING")
+            await self._probe()
+            log.info("redis store: %s", self._redis.name)
             await self._writes.claim_existing_names()
         except _DOWN as exc:
             self._went_down(exc)
+
+    async def _probe(self) -> None:
+        """Whether Redis serves (``RedisDown`` if not): a cluster, every slot's primary;
+        Sentinel, the primary the sentinels name."""
+        if self._detect:
+            self._redis = await detect_cluster(self._redis)
+            self._detect = False
+        await self._redis.ping()
 
     async def aclose(self) -> None:
         if self._recovery is not None:
@@ -189,7 +206,7 @@ class RedisStore:
         if not self.degraded:
             # Readiness means "store reachable": probe, so an idle instance notices too.
             try:
-                await self._redis.execute("PING")
+                await self._probe()
             except _DOWN as exc:
                 self._went_down(exc)
         if self.degraded:
@@ -197,6 +214,7 @@ class RedisStore:
         return "ok"
 
     def _went_down(self, exc: BaseException) -> None:
+        self.last_error = str(exc) or type(exc).__name__
         if self._down_since is None:
             self._down_since = asyncio.get_running_loop().time()
             mode = (
@@ -216,14 +234,16 @@ class RedisStore:
         while True:
             await asyncio.sleep(RECOVERY_POLL_SECONDS)
             try:
-                await self._redis.execute("PING")
+                await self._probe()
                 await self._flush_buffer()
             except (*_DOWN, ReplyError) as exc:
                 # Reachable but refusing (OOM, LOADING, ...) is still down: keep trying.
+                self.last_error = str(exc) or type(exc).__name__
                 log.debug("redis not back yet: %s", exc)
                 continue
             down_for = asyncio.get_running_loop().time() - (self._down_since or 0)
             self._down_since = None
+            self.last_error = None
             log.warning("redis is back after %.1fs; shared limits resumed", down_for)
             self.observer.store_changed(True, time.time())
             return

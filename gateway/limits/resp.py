@@ -19,8 +19,7 @@ import hashlib
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
+from dataclasses import dataclass, field
 
 import hiredis
 
@@ -98,24 +97,44 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
 
-class RedisConnection:
-    """One pipelined connection that reconnects on demand. Safe for concurrent callers."""
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """How every connection of a client introduces itself (kept out of reprs and logs)."""
 
-    def __init__(self, url: str, *, timeout: float = 0.25) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("redis", "rediss"):
-            raise ValueError(f"unsupported Redis URL scheme {parsed.scheme!r}")
-        self._host = parsed.hostname or "127.0.0.1"
-        self._port = parsed.port or 6379
-        self._ssl = ssl.create_default_context() if parsed.scheme == "rediss" else None
-        self._username = unquote(parsed.username) if parsed.username else None
-        self._password = unquote(parsed.password) if parsed.password else None
-        path = parsed.path.lstrip("/")
-        self._db = int(path) if path else 0
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    ssl: ssl.SSLContext | None = field(default=None, repr=False)
+
+
+class RedisConnection:
+    """One pipelined connection to one Redis node, that reconnects on demand. Safe for
+    concurrent callers."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        credentials: Credentials = Credentials(),
+        db: int = 0,
+        timeout: float = 0.25,
+    ) -> None:
+        self.address = (host, port)
+        self.credentials = credentials
+        self.db = db
+        self._host = host
+        self._port = port
+        self._ssl = credentials.ssl
+        self._username = credentials.username
+        self._password = credentials.password
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self._host}:{self._port}"
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -123,8 +142,8 @@ class RedisConnection:
         if self._password is not None:
             auth = (self._username, self._password) if self._username else (self._password,)
             hello.append(("AUTH", *auth))
-        if self._db:
-            hello.append(("SELECT", self._db))
+        if self.db:
+            hello.append(("SELECT", self.db))
         protocol: _Protocol | None = None
         try:
             # The handshake is bounded as a whole: a hung Redis still accepts connections.
@@ -137,7 +156,13 @@ class RedisConnection:
         except (OSError, TimeoutError) as exc:
             if protocol is not None:
                 protocol.fail(RedisDown("handshake with Redis failed"))
-            raise RedisDown(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
+            raise RedisDown(
+                f"cannot connect to Redis at {self.name}: {exc or type(exc).__name__}"
+            ) from exc
+        except ReplyError as exc:
+            # WRONGPASS, NOAUTH, an unknown user: Redis's words name no secret.
+            protocol.fail(RedisDown("handshake with Redis failed"))  # type: ignore[union-attr]
+            raise RedisDown(f"Redis at {self.name} refused the gateway's login: {exc}") from None
         except BaseException:
             if protocol is not None:
                 protocol.fail(RedisDown("handshake with Redis failed"))
@@ -176,16 +201,42 @@ class RedisConnection:
         """One command; raises ``RedisDown`` or ``ReplyError``."""
         return await self._send(await self._ready(), args)
 
-    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> object:
+    async def execute_asking(self, *args: object) -> object:
+        """``args`` right behind an ``ASKING`` (a cluster slot being migrated here): both
+        leave in the same write, so nothing of another caller comes between them."""
         protocol = await self._ready()
+        loop = protocol.loop
+        asked, answered = loop.create_future(), loop.create_future()
+        now = loop.time()
+        protocol.waiters.append((asked, now))
+        protocol.waiters.append((answered, now))
+        protocol.write(hiredis.pack_command(("ASKING",)) + hiredis.pack_command(args))
+        for reply in (await asked, await answered):
+            if isinstance(reply, ReplyError):
+                raise reply
+        return answered.result()
+
+    async def evalsha(
+        self, script: Script, keys: Sequence[str], args: Sequence[object], *, asking: bool = False
+    ) -> object:
+        run = self.execute_asking if asking else self.execute
         try:
+            if asking:
+                return await run("EVALSHA", script.sha, len(keys), *keys, *args)
+            # The request path's call (two per request): straight to the connection.
+            protocol = await self._ready()
             return await self._send(protocol, ("EVALSHA", script.sha, len(keys), *keys, *args))
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        # A fresh or restarted Redis: load it and run it once more.
+        # A fresh or restarted Redis (or a cluster node that never ran it): load it and
+        # run it once more.
         await self.execute("SCRIPT", "LOAD", script.source)
-        return await self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await run("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def ping(self) -> None:
+        """Whether this Redis answers, as ``RedisDown`` (or a ``ReplyError``) if not."""
+        await self.execute("PING")
 
     async def _watch(self) -> None:
         """Fail the connection when its oldest call has waited longer than the timeout."""

@@ -186,7 +186,9 @@ async def test_outage_and_recovery(
             await _wait_ready_status(client, open_gw, "degraded", within=5)
             r = await _ready(client, open_gw)
             assert r.status_code == 200
-            assert r.json()["store"] == {"backend": "redis", "status": "degraded"}
+            store_body = r.json()["store"]
+            assert (store_body["backend"], store_body["status"]) == ("redis", "degraded")
+            assert store_body["error"].startswith("cannot connect to Redis at 127.0.0.1:")
 
             # The closed one refuses with 503 and is not ready.
             refused = await post(closed_gw, K_CLOSED)
@@ -196,7 +198,9 @@ async def test_outage_and_recovery(
             r = await _ready(client, closed_gw)
             assert r.status_code == 503, r.text
             assert r.json()["status"] == "unavailable"
-            assert r.json()["store"] == {"backend": "redis", "status": "unavailable"}
+            store_body = r.json()["store"]
+            assert (store_body["backend"], store_body["status"]) == ("redis", "unavailable")
+            assert store_body["error"].startswith("cannot connect to Redis at 127.0.0.1:")
 
             # Known keys go on: config keys, and an API key this gateway had seen.
             reported = {"requests": 0, "input_tokens": 0, "output_tokens": 0}
