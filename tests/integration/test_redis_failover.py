@@ -6,7 +6,10 @@ What the clients see: no request waits more than 3 s; a gateway with
 ``fail_mode: open`` keeps answering the key from the config, one with ``closed``
 answers 503 while no primary serves the key; both resume shared limits once the
 replica is promoted, without a restart; and the usage of every answered request
-is in the totals afterwards, what was buffered during the outage included.
+is in the totals afterwards, what was buffered during the outage included, but
+for the settles the dead primary may have acknowledged in its last moment
+without replicating them (asynchronous replication: documented, and bounded
+here by the requests answered in the second before the kill).
 """
 
 from __future__ import annotations
@@ -62,10 +65,32 @@ def _gateway(config: Path, redis_url: str) -> ServerProcess:
     )
 
 
-async def _load(urls: list[str], kill: Any) -> list[tuple[str, int, float]]:
+class Load:
+    """What a load saw: (gateway url, status, seconds, ended at) per request, and when the
+    primary was killed (``time.monotonic()``)."""
+
+    def __init__(self) -> None:
+        self.results: list[tuple[str, int, float, float]] = []
+        self.killed_at = 0.0
+
+    def answered(self, url: str) -> int:
+        return sum(1 for u, status, *_ in self.results if u == url and status == 200)
+
+    def answered_just_before_the_kill(self) -> int:
+        """Requests answered in the second before the kill: their settles are the writes
+        the dead primary may have acknowledged without having replicated them yet."""
+        return sum(
+            1
+            for _, status, _, ended in self.results
+            if status == 200 and self.killed_at - 1.0 <= ended <= self.killed_at
+        )
+
+
+async def _load(urls: list[str], kill: Any) -> Load:
     """``LOAD_REQUESTS`` requests per gateway, 8 at a time each; ``kill()`` runs once a
-    fifth of them are done. Gives (gateway url, status, seconds) for each."""
-    results: list[tuple[str, int, float]] = []
+    fifth of them are done."""
+    load = Load()
+    results = load.results
     killed = asyncio.Event()
 
     async def worker(client: httpx.AsyncClient, url: str, count: int) -> None:
@@ -76,9 +101,11 @@ async def _load(urls: list[str], kill: Any) -> list[tuple[str, int, float]]:
                 status = r.status_code
             except httpx.HTTPError:
                 status = 0
-            results.append((url, status, time.monotonic() - started))
+            ended = time.monotonic()
+            results.append((url, status, ended - started, ended))
             if len(results) >= LOAD_REQUESTS * len(urls) // 5 and not killed.is_set():
                 killed.set()
+                load.killed_at = time.monotonic()
                 await asyncio.to_thread(kill)
             await asyncio.sleep(0.01)  # a bounded pace: the load lasts through the failover
 
@@ -87,7 +114,22 @@ async def _load(urls: list[str], kill: Any) -> list[tuple[str, int, float]]:
         await asyncio.gather(
             *(worker(client, url, LOAD_REQUESTS // 8) for url in urls for _ in range(8))
         )
-    return results
+    return load
+
+
+def _check_usage(gateway: ServerProcess, load: Load, answered: int) -> None:
+    """Every answered request's usage is in the totals, the buffered ones included, but
+    for what asynchronous replication may lose: settles the dead primary acknowledged
+    just before the kill and had not passed on (docs/operations.md, "Redis: Cluster,
+    Sentinel, TLS"). Never more than was answered: nothing is counted twice."""
+    at_risk = load.answered_just_before_the_kill()
+    counted = wait_for(
+        f"the usage of {answered} answered requests (up to {at_risk} lost in the failover)",
+        lambda: (n := _usage_requests(gateway)) >= answered - at_risk and n,
+        timeout=10 + SLACK,
+    )
+    time.sleep(1)  # anything still buffered is written by now: it must not overshoot
+    assert answered - at_risk <= _usage_requests(gateway) <= answered, (counted, answered)
 
 
 def _usage_requests(gateway: ServerProcess) -> int:
@@ -106,20 +148,18 @@ def _wait_ready(gateway: ServerProcess) -> None:
     assert "redis is back after" in gateway.logs()
 
 
-def _check_outage(
-    results: list[tuple[str, int, float]], open_gw: ServerProcess, closed_gw: ServerProcess | None
-) -> int:
-    """What the clients saw; gives how many requests the open gateway answered."""
-    worst = max(seconds for _, _, seconds in results)
+def _check_outage(load: Load, open_gw: ServerProcess, closed_gw: ServerProcess | None) -> None:
+    """What the clients saw."""
+    results = load.results
+    worst = max(seconds for _, _, seconds, _ in results)
     assert worst < WORST_SECONDS, f"a request waited {worst:.2f} s"
-    seen = {url: Counter(status for u, status, _ in results if u == url) for url, *_ in results}
+    seen = {url: Counter(status for u, status, *_ in results if u == url) for url, *_ in results}
     # fail_mode open: the config key is known, so every request is answered.
     assert seen[open_gw.url] == {200: LOAD_REQUESTS // 8 * 8}, seen[open_gw.url]
     if closed_gw is not None:
         # fail_mode closed: 503 while no primary serves the key, 200 before and after.
         assert set(seen[closed_gw.url]) == {200, 503}, seen[closed_gw.url]
     assert "redis unreachable" in open_gw.logs()
-    return seen[open_gw.url][200]
 
 
 def test_a_cluster_primary_killed_under_load(
@@ -135,24 +175,14 @@ def test_a_cluster_primary_killed_under_load(
     try:
         for gateway in (open_gw, closed_gw):
             gateway.wait_ready("/ready", timeout=20 + SLACK)
-        results = asyncio.run(
-            _load([open_gw.url, closed_gw.url], lambda: redis_cluster.kill(victim))
-        )
+        load = asyncio.run(_load([open_gw.url, closed_gw.url], lambda: redis_cluster.kill(victim)))
         promoted = redis_cluster.wait_for_failover(victim)
         assert promoted is not victim
-        answered = _check_outage(results, open_gw, closed_gw)
+        _check_outage(load, open_gw, closed_gw)
         for gateway in (open_gw, closed_gw):
             _wait_ready(gateway)
-        closed_answered = sum(
-            1 for url, status, _ in results if url == closed_gw.url and status == 200
-        )
-        # Both gateways count the one key: every answered request's usage, the buffered
-        # ones included, is in the totals on the new primary.
-        wait_for(
-            "the usage of every answered request",
-            lambda: _usage_requests(open_gw) == answered + closed_answered,
-            timeout=10 + SLACK,
-        )
+        # Both gateways count the one key, on the new primary.
+        _check_usage(open_gw, load, load.answered(open_gw.url) + load.answered(closed_gw.url))
     finally:
         open_gw.stop()
         closed_gw.stop()
@@ -166,15 +196,11 @@ def test_a_sentinel_primary_killed_under_load(
     gateway = _gateway(_config(tmp_path, upstream, prefix), redis_sentinel.url())
     try:
         gateway.wait_ready("/ready", timeout=20 + SLACK)
-        results = asyncio.run(_load([gateway.url], redis_sentinel.kill_master))
+        load = asyncio.run(_load([gateway.url], redis_sentinel.kill_master))
         redis_sentinel.wait_for_promotion()
-        answered = _check_outage(results, gateway, None)
+        _check_outage(load, gateway, None)
         _wait_ready(gateway)
-        wait_for(
-            "the usage of every answered request",
-            lambda: _usage_requests(gateway) == answered,
-            timeout=10 + SLACK,
-        )
+        _check_usage(gateway, load, load.answered(gateway.url))
     finally:
         gateway.stop()
         redis_sentinel.flush_prefix(prefix)
