@@ -42,13 +42,12 @@ async def ready(request: Request, resources: ResourcesDep) -> JSONResponse:
         status = "degraded"
     else:
         status = "ready"
-    live = getattr(request.state, "live", None)
     body = {
         "status": status,
-        "store": _store_body(store.backend, store_status, getattr(store, "last_error", None)),
+        "store": _store_body(store.backend, store_status, store.last_error),
         "models": {"total": total, "unavailable": unusable},
         "config": {
-            "generation": live.generation if live is not None else 1,
+            "generation": request.state.live.generation,
             "source": resources.settings.source,
         },
     }

@@ -126,6 +126,7 @@ class UsageEvent:
 class Store(Protocol):
     backend: str
     observer: Observer  # told when the store goes down and comes back
+    last_error: str | None  # while it is down, why (for /ready); never a secret
 
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...

@@ -123,6 +123,7 @@ def prepare_data_dir(directory: Path) -> Path:
 
 class EmbeddedStore:
     backend = "embedded"
+    last_error: str | None = None  # it does not go down
 
     def __init__(self, data_dir: Path | None = None, *, lease_ttl_ms: float = LEASE_TTL_MS) -> None:
         self.path = (data_dir or default_data_dir()) / DB_NAME

@@ -61,6 +61,11 @@ _NOT_SERVING = (
 )  # fmt: skip
 
 
+def _why(exc: BaseException) -> str:
+    """What /ready and the log say of a failure: Redis's or the socket's words."""
+    return str(exc) or type(exc).__name__
+
+
 def _script(name: str) -> Script:
     return Script.of(resources.files("gateway.limits").joinpath("lua", name).read_text())
 
@@ -214,7 +219,7 @@ class RedisStore:
         return "ok"
 
     def _went_down(self, exc: BaseException) -> None:
-        self.last_error = str(exc) or type(exc).__name__
+        self.last_error = _why(exc)
         if self._down_since is None:
             self._down_since = asyncio.get_running_loop().time()
             mode = (
@@ -238,7 +243,7 @@ class RedisStore:
                 await self._flush_buffer()
             except (*_DOWN, ReplyError) as exc:
                 # Reachable but refusing (OOM, LOADING, ...) is still down: keep trying.
-                self.last_error = str(exc) or type(exc).__name__
+                self.last_error = _why(exc)
                 log.debug("redis not back yet: %s", exc)
                 continue
             down_for = asyncio.get_running_loop().time() - (self._down_since or 0)

@@ -219,20 +219,19 @@ class RedisConnection:
     async def evalsha(
         self, script: Script, keys: Sequence[str], args: Sequence[object], *, asking: bool = False
     ) -> object:
-        run = self.execute_asking if asking else self.execute
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
             if asking:
-                return await run("EVALSHA", script.sha, len(keys), *keys, *args)
+                return await self.execute_asking(*command)
             # The request path's call (two per request): straight to the connection.
-            protocol = await self._ready()
-            return await self._send(protocol, ("EVALSHA", script.sha, len(keys), *keys, *args))
+            return await self._send(await self._ready(), command)
         except ReplyError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         # A fresh or restarted Redis (or a cluster node that never ran it): load it and
         # run it once more.
         await self.execute("SCRIPT", "LOAD", script.source)
-        return await run("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await (self.execute_asking(*command) if asking else self.execute(*command))
 
     async def ping(self) -> None:
         """Whether this Redis answers, as ``RedisDown`` (or a ``ReplyError``) if not."""
