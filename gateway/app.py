@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING
 
 import httpx
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from gateway import __version__, fastpath
-from gateway.api import admin, anthropic, fanout, health, metrics, openai
+from gateway.api import admin, anthropic, fanout, health, metrics, openai, ui
 from gateway.api.handlers import install_error_handlers
-from gateway.api.middleware import RequestContextMiddleware
+from gateway.api.middleware import ModelEndpointsCORS, RequestContextMiddleware
 from gateway.config import Settings, load_settings, resolve_config_path
 from gateway.live import Live, Reloaded
 from gateway.observability.access import AccessLog
@@ -39,6 +38,7 @@ ROUTERS = (
     health.router,
     admin.router,
     metrics.router,
+    ui.router,
 )
 
 _NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
@@ -117,13 +117,7 @@ def create_app(
     install_error_handlers(app)
     fastpath.add_routes(app, ROUTERS, bypass=bypass)
     if settings.server.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.server.cors_origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],
-            expose_headers=["x-request-id", "x-gateway-served-by", "retry-after"],
-        )
+        app.add_middleware(ModelEndpointsCORS, origins=settings.server.cors_origins)
     app.add_middleware(RequestContextMiddleware, live=live, observer=observer)
     return app
 

@@ -233,6 +233,8 @@ class RedisTLS(_Strict):
 
 class ServerConfig(_Strict):
     cors_origins: list[str] = []
+    # The browser playground and console at /ui (docs/operations.md, "Browser console").
+    ui: bool = True
     fail_mode: Literal["open", "closed"] = "open"
     data_dir: Path | None = None
     metrics: bool = True

@@ -7,8 +7,9 @@ chunk stream, whose choice ``index`` i belongs to ``models[i]``
 (docs/wire-formats.md, "Fan-out"):
 
 - a stream multiplexes the models' chunks as they arrive; every chunk has the
-  request's one ``id`` and its choice's model as ``model``; the models' usage
-  is summed into one last usage chunk when the client asked for it;
+  request's one ``id`` and its choice's model as ``model``; when the client asked
+  for usage, each model's finish chunk carries that model's on its choice, and
+  one last usage chunk their sum;
 - a model that fails ends its own choice with ``finish_reason: "error"`` and an
   ``error`` object on the choice (never at the chunk's top level, where the SDK
   would end the whole stream) while the others go on; a non-stream answer
@@ -135,6 +136,10 @@ def _stream(
     include_usage = body.stream_options is not None and bool(body.stream_options.include_usage)
     started = time.perf_counter()
 
+    # With include_usage, a model's finish chunk waits for that model's usage (the chunk
+    # right after it, from OpenAI-style upstreams) and carries it on its choice.
+    held: dict[int, ChatCompletionChunk] = {}
+
     def encode(item: tuple[int, Any]) -> bytes | None:
         index, chunk = item
         if access.ttft_ms is None:
@@ -143,17 +148,28 @@ def _stream(
             return (
                 b"data: " + to_json(_error_chunk(chunk_id, created, models, index, chunk)) + b"\n\n"
             )
-        if not chunk.choices:  # a model's usage alone: summed into the last chunk
-            return None
+        usage = chunk.usage
+        if not chunk.choices:  # a model's usage alone: on its finish chunk, and in the sum
+            finish = held.pop(index, None)
+            if finish is None:
+                return None
+            return _with_usage(finish, usage) if usage is not None else frame(finish)
         model = routed[index].served_model or models[index]  # a fallback's, after a fallback
         chunk.id, chunk.created, chunk.model, chunk.usage = chunk_id, created, model, None
         for choice in chunk.choices:
             choice.index = index
+        if include_usage and chunk.choices[0].finish_reason is not None:
+            if usage is not None:
+                return _with_usage(chunk, usage)
+            held[index] = chunk
+            return None
         return frame(chunk)  # type: ignore[no-any-return]
 
     def done() -> bytes:
         if not include_usage:
             return b"data: [DONE]\n\n"
+        unpriced = b"".join(frame(c) for c in held.values())  # models that sent no usage
+        held.clear()
         reported = [u for u in merged.usage if u is not None]
         prompt = sum(u.prompt_tokens for u in reported)
         completion = sum(u.completion_tokens for u in reported)
@@ -166,7 +182,7 @@ def _stream(
                 prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
             ),
         )
-        return (frame(usage) or b"") + b"data: [DONE]\n\n"  # type: ignore[operator]
+        return unpriced + (frame(usage) or b"") + b"data: [DONE]\n\n"  # type: ignore[operator]
 
     async def open_stream() -> StreamPlan:
         merged.start()
@@ -209,3 +225,23 @@ def _error_chunk(
             }
         ],
     }
+
+
+def _with_usage(chunk: ChatCompletionChunk, usage: Usage) -> bytes:
+    """A model's finish chunk with its own usage on its choice (a field the SDKs keep)."""
+    choice = chunk.choices[0]
+    payload = {
+        "id": chunk.id,
+        "object": "chat.completion.chunk",
+        "created": chunk.created,
+        "model": chunk.model,
+        "choices": [
+            {
+                "index": choice.index,
+                "delta": choice.delta.model_dump(exclude_none=True),
+                "finish_reason": choice.finish_reason,
+                "usage": usage.model_dump(exclude_none=True),
+            }
+        ],
+    }
+    return b"data: " + to_json(payload) + b"\n\n"

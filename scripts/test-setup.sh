@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the tests need besides the Python packages: Redis running (and redis-server
 # itself, for the cluster tests' own servers), nginx and docker-compose installed
-# (config checks), and the Node SDK test's packages.
+# (config checks), Chromium for the browser tests, and the Node SDK test's packages.
 # Installs what is missing; fails loudly with what to do when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,10 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || apt_install nginx
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
   apt_install docker-compose
 fi
+
+# The browser tests (tests/browser/) drive Debian's Chromium through Playwright, which
+# is told its path and never downloads a browser of its own.
+command -v chromium >/dev/null || apt_install chromium
 
 if command -v node >/dev/null; then
   if [ ! -d tests/node/node_modules ] || [ tests/node/package-lock.json -nt tests/node/node_modules ]; then

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,15 +26,35 @@ fastpath.select(fastpath.enabled(ServerConfig()))
 
 
 # No secret in any log or /metrics of the whole run (tests/secrets_scan.py): searched
-# once every test is done, failing the run that leaked one.
+# once every test is done, failing the run that leaked one. Run in parallel
+# (pytest-xdist), each worker searches what its own tests served and hands its report
+# to the controller, which fails the run for any of them.
 _SECRETS_REPORT = pytest.StashKey[secrets_scan.Report]()
+_WORKER_REPORTS = pytest.StashKey[list[secrets_scan.Report]]()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     report = secrets_scan.scan()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller decides
+        workeroutput["secrets_scan"] = report.as_dict()
+        return
+    for other in session.config.stash.get(_WORKER_REPORTS, []):
+        report.add(other)
     session.config.stash[_SECRETS_REPORT] = report
     if report.failed and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """An xdist worker is done: keep its secrets report (none if it crashed, which
+    fails the run anyway)."""
+    found = getattr(node, "workeroutput", {}).get("secrets_scan")
+    if found is not None:
+        node.config.stash.setdefault(_WORKER_REPORTS, []).append(
+            secrets_scan.Report.from_dict(found)
+        )
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -154,6 +154,22 @@ class Report:
     @property
     def failed(self) -> bool:
         return bool(self.leaks or self.problems)
+
+    def add(self, other: Report) -> None:
+        """Count in another process's scan (a parallel worker's)."""
+        self.files += other.files
+        self.scrapes += other.scrapes
+        self.secrets += other.secrets
+        self.gateways += other.gateways
+        self.leaks += other.leaks
+        self.problems += other.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Report:
+        return cls(**data)
 
     def summary(self) -> str:
         verdict = "LEAKED" if self.leaks else "unsure" if self.problems else "clean"

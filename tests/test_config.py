@@ -488,7 +488,7 @@ def test_empty_api_key_disables_provider_and_hides_its_models(tmp_path: Path) ->
 def test_embedded_default_without_env_serves_mock_models_only() -> None:
     settings = load_settings(None, env={})
     assert settings.source == "<embedded gateway.yaml>"
-    assert set(settings.enabled_models()) == {"mock-chat", "mock-embedding"}
+    assert set(settings.enabled_models()) == {"mock-chat", "mock-chat-2", "mock-embedding"}
     (demo,) = settings.keys
     assert demo.key.get_secret_value() == "sk-gateway-demo"
     assert demo.models == ["mock-*"]

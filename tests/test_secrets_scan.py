@@ -141,3 +141,22 @@ def test_this_session_is_scanned(request: pytest.FixtureRequest) -> None:
     # The hook is the one pytest runs for this session, not a copy nobody calls.
     hooks = request.config.pluginmanager.hook.pytest_sessionfinish.get_hookimpls()
     assert conftest.pytest_sessionfinish in [impl.function for impl in hooks]
+
+
+def test_a_leak_a_parallel_worker_found_fails_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker (pytest-xdist) scans what its tests served and hands the report on ...
+    worker = SimpleNamespace(
+        config=SimpleNamespace(stash=pytest.Stash(), workeroutput={}), exitstatus=0
+    )
+    monkeypatch.setattr(secrets_scan, "REGISTRY", registry_with_log(tmp_path, PLANTED, PLANTED))
+    conftest.pytest_sessionfinish(worker, pytest.ExitCode.OK)  # type: ignore[arg-type]
+    assert PLANTED not in str(worker.config.workeroutput)
+    # ... to the controller, whose own processes served nothing and leaked nothing.
+    controller = SimpleNamespace(config=SimpleNamespace(stash=pytest.Stash()), exitstatus=0)
+    node = SimpleNamespace(config=controller.config, workeroutput=worker.config.workeroutput)
+    conftest.pytest_testnodedown(node, None)
+    monkeypatch.setattr(secrets_scan, "REGISTRY", Registry())
+    conftest.pytest_sessionfinish(controller, pytest.ExitCode.OK)  # type: ignore[arg-type]
+    assert controller.exitstatus == pytest.ExitCode.TESTS_FAILED

@@ -28,19 +28,24 @@ from gateway.errors import (
     RequestTooLarge,
     validation_error,
 )
+from gateway.limits.base import Standing
 from gateway.limits.keys import KeyRecord, as_utc
 from gateway.live import ReloadRefused
 from gateway.reload import signal_siblings
 from gateway.schemas.admin import (
     AuditList,
+    BudgetQuota,
     KeyCreate,
     KeyCreated,
     KeyList,
     KeyOut,
+    KeyQuota,
     KeyUpdate,
+    ParallelQuota,
     ReloadOut,
     UsageDoc,
     UsageList,
+    WindowQuota,
 )
 from gateway.schemas.openai import ErrorResponse
 from gateway.validation import check_key_name, check_metadata
@@ -167,6 +172,43 @@ def _out(record: KeyRecord) -> KeyOut:
     return KeyOut.model_validate(record, from_attributes=True)
 
 
+def quota_of(key: KeyRecord, now: Standing) -> KeyQuota:
+    limits = key.limits
+
+    def left(limit: float | None, used: float) -> float | None:
+        return None if limit is None else max(0, limit - used)
+
+    spent = round(now.spent_usd, 9)
+    held = round(now.held_usd, 9)
+    return KeyQuota(
+        key_id=key.id,
+        requests=WindowQuota(
+            limit=limits.rpm,
+            used=now.requests_used,
+            remaining=left(limits.rpm, now.requests_used),
+            reset_seconds=round(max(0.0, now.requests_reset_ms) / 1000, 3),
+        ),
+        tokens=WindowQuota(
+            limit=limits.tpm,
+            used=now.tokens_used,
+            remaining=left(limits.tpm, now.tokens_used),
+            reset_seconds=round(max(0.0, now.tokens_reset_ms) / 1000, 3),
+        ),
+        parallel=ParallelQuota(
+            limit=limits.max_parallel,
+            in_flight=now.in_flight,
+            remaining=left(limits.max_parallel, now.in_flight),
+        ),
+        budget=BudgetQuota(
+            limit_usd=limits.budget_usd,
+            period=(limits.budget_period or "total") if limits.budget_usd is not None else None,
+            spent_usd=spent,
+            held_usd=held,
+            remaining_usd=left(limits.budget_usd, spent + held),
+        ),
+    )
+
+
 def _limits(value: dict) -> Limits:
     try:
         return Limits.model_validate(value)
@@ -283,6 +325,12 @@ async def revoke_key(key_id: str, gatekeeper: GatekeeperDep, audit: AuditDep) ->
 async def key_usage(key_id: str, gatekeeper: GatekeeperDep) -> UsageDoc:
     await gatekeeper.get_key(key_id)  # 404 for an unknown id
     return await gatekeeper.store.usage(key_id)
+
+
+@router.get("/keys/{key_id}/quota", response_model=KeyQuota, dependencies=[_NO_QUERY])
+async def key_quota(key_id: str, gatekeeper: GatekeeperDep) -> KeyQuota:
+    key = await gatekeeper.get_key(key_id)
+    return quota_of(key, await gatekeeper.store.standing(key))
 
 
 @router.get("/usage", response_model=UsageList, dependencies=[_NO_QUERY])

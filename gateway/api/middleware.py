@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -154,3 +155,43 @@ def _counting(receive: Receive, limit: int) -> Receive:
         return message
 
     return counted
+
+
+# What a page of another origin may read of an answer besides the simple headers.
+CORS_EXPOSED = (
+    "x-request-id",
+    "x-gateway-served-by",
+    "retry-after",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-limit-tokens",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-tokens",
+)
+
+
+class ModelEndpointsCORS:
+    """CORS for ``server.cors_origins`` on the model endpoints (``/v1/...``) only.
+
+    Pages of those origins may call models with an app key; the admin API, /ui
+    and the rest stay same-origin, so no other site's page can drive the console
+    with a master key it got hold of, nor read the operational endpoints.
+    """
+
+    def __init__(self, app: ASGIApp, origins: list[str]) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(
+            app,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=list(CORS_EXPOSED),
+            max_age=600,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

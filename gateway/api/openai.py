@@ -14,8 +14,10 @@ from gateway.admission import ChatCall, EmbeddingCall
 from gateway.deps import KeyDep, ResourcesDep
 from gateway.errors import ModelNotFound
 from gateway.ingress.openai import OPENAI
+from gateway.resources import Resources
 from gateway.schemas.openai import (
     ChatCompletion,
+    DeploymentPrice,
     EmbeddingResponse,
     ErrorResponse,
     ModelCard,
@@ -41,13 +43,8 @@ async def embeddings(call: EmbeddingCall) -> Response:
 
 @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)
 async def list_models(key: KeyDep, resources: ResourcesDep) -> ModelList:
-    created = resources.started_at
     return ModelList(
-        data=[
-            ModelCard(id=name, created=created, owned_by="gateway")
-            for name in resources.router.names()
-            if key.allows(name)
-        ]
+        data=[_card(name, resources) for name in resources.router.names() if key.allows(name)]
     )
 
 
@@ -57,4 +54,13 @@ async def retrieve_model(model: str, key: KeyDep, resources: ResourcesDep) -> Mo
     use, as for one that does not exist: a key learns nothing of the others' models."""
     if model not in resources.router.names() or not key.allows(model):
         raise ModelNotFound(f"The model `{model}` does not exist", param="model")
-    return ModelCard(id=model, created=resources.started_at, owned_by="gateway")
+    return _card(model, resources)
+
+
+def _card(model: str, resources: Resources) -> ModelCard:
+    pricing = {
+        target.name: DeploymentPrice(**target.price.model_dump())
+        for target in resources.router.route(model).targets
+        if target.price is not None
+    }
+    return ModelCard(id=model, created=resources.started_at, owned_by="gateway", pricing=pricing)

@@ -75,6 +75,23 @@ class LimitsState:
     tpm_reset_ms: float
 
 
+@dataclass(slots=True, frozen=True)
+class Standing:
+    """Where a key stands against all its limits right now, read without taking
+    anything (the admin API's ``GET /admin/keys/{id}/quota``). Counted only for
+    the limits the key has: a window no admission fills stays at 0. A reset is
+    how many ms until the oldest use counted leaves its window (0: none counted).
+    """
+
+    requests_used: int
+    requests_reset_ms: float
+    tokens_used: int
+    tokens_reset_ms: float
+    in_flight: int
+    spent_usd: float  # settled in the budget's current period
+    held_usd: float  # reserved by requests in flight, in that period
+
+
 @dataclass(slots=True)
 class Grant:
     """What ``admit`` took, so ``settle`` can give back exactly that."""
@@ -152,6 +169,7 @@ class Store(Protocol):
     async def usage(self, key_id: str) -> UsageDoc: ...
     async def last_used(self, key_id: str) -> datetime | None: ...
     async def in_flight(self, key_id: str) -> int: ...
+    async def standing(self, key: KeyRecord) -> Standing: ...
 
     # The audit trail of admin actions (gateway/limits/audit.py): capped, listed newest
     # first after an event id; ``StoreUnavailable`` while the store is down.

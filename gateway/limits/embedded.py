@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.limits.audit import SQLITE_SCHEMA, sqlite_list, sqlite_record
-from gateway.limits.base import LEASE_TTL_MS, Admission, Grant, UsageEvent, spend_periods
+from gateway.limits.base import (
+    LEASE_TTL_MS,
+    Admission,
+    Grant,
+    Standing,
+    UsageEvent,
+    spend_periods,
+)
 from gateway.limits.keys import KeyNameTaken, KeyRecord
 from gateway.limits.local import LocalLimiter
 from gateway.limits.usage import COUNTERS, UsageTable, usage_doc
@@ -288,6 +295,9 @@ class EmbeddedStore:
 
     async def in_flight(self, key_id: str) -> int:
         return self._limiter.in_flight(key_id)
+
+    async def standing(self, key: KeyRecord) -> Standing:
+        return self._limiter.standing(key)
 
     async def last_used(self, key_id: str) -> datetime | None:
         return self._last_used.get(key_id)

@@ -32,12 +32,14 @@ from gateway.limits.base import (
     Admission,
     Grant,
     LimitsState,
+    Standing,
     UsageEvent,
     budget_period,
     lease_names,
     refusal,
     spend_periods,
 )
+from gateway.limits.keys import KeyRecord
 
 
 def wall_ms() -> float:
@@ -71,6 +73,24 @@ class LocalLimiter:
     def held(self, key_id: str, period: str) -> float:
         """USD reserved in ``period`` by the key's requests in flight."""
         return self._held.get(key_id, {}).get(period, 0.0)
+
+    def standing(self, key: KeyRecord) -> Standing:
+        """``admit``'s counts without admitting: nothing is taken or dropped."""
+        now = self._clock()
+        kid = key.id
+        window = [t for t in self._requests.get(kid, ()) if t > now - WINDOW_MS]
+        second = int(now // 1000)
+        buckets = {s: n for s, n in self._tokens.get(kid, {}).items() if s > second - 60}
+        period = budget_period(key.limits)
+        return Standing(
+            requests_used=len(window),
+            requests_reset_ms=window[0] + WINDOW_MS - now if window else 0.0,
+            tokens_used=sum(buckets.values()),
+            tokens_reset_ms=(min(buckets) + 60) * 1000 - now if buckets else 0.0,
+            in_flight=self.in_flight(kid),
+            spent_usd=self._spend.get((kid, period), 0.0) if period else 0.0,
+            held_usd=self.held(kid, period) if period else 0.0,
+        )
 
     def _live_leases(self, kid: str, now: float) -> dict[str, float]:
         """The key's leases, the expired ones dropped with their reservations."""

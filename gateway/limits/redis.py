@@ -31,6 +31,7 @@ from gateway.limits.base import (
     Admission,
     Grant,
     LimitsState,
+    Standing,
     UsageEvent,
     budget_period,
     lease_names,
@@ -131,6 +132,7 @@ class RedisStore:
         self._admit = _script("admit_v4.lua")
         self._settle = _script("settle_v4.lua")
         self._renew = _script("renew_v1.lua")
+        self._standing = _script("standing_v1.lua")
         self._writes = KeyWrites(self)
         self._audit = RedisAudit(self)
         self._lease_ttl = lease_ttl_ms
@@ -449,6 +451,16 @@ class RedisStore:
         now_ms = int(seconds) * 1000 + int(micros) // 1000
         # Exclusive: a lease expiring this very millisecond is gone, as in the scripts.
         return await self._call("ZCOUNT", self.keys.tagged(key_id, "lease"), f"({now_ms}", "+inf")
+
+    async def standing(self, key: KeyRecord) -> Standing:
+        """Read by one script of admit's keys, so every count is of one moment."""
+        period = budget_period(key.limits)
+        reply = await self._eval(self._standing, list(self.keys.admit_keys(key.id)), [period])
+        used_req, req_reset, used_tok, tok_reset, in_flight, spent, held = reply  # type: ignore[misc]
+        return Standing(
+            int(used_req), float(req_reset), int(used_tok), float(tok_reset), int(in_flight),
+            float(spent), float(held),
+        )  # fmt: skip
 
     # ------------------------------------------------------------ usage
 

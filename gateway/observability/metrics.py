@@ -82,6 +82,8 @@ def route_of(path: str) -> str:
         return "admin"
     if path.startswith("/v1/models/"):
         return "models"
+    if path == "/ui" or path.startswith("/ui/"):
+        return "ui"
     return "other"
 
 

@@ -26,6 +26,7 @@ import asyncio
 import base64
 import hashlib
 import random
+import re
 import struct
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -117,6 +118,7 @@ MAX_RETRY_AFTER_S = 3600
 MAX_MESSAGE = 4096
 # A script's per-model entries: enough for every deployment of a route.
 MAX_SCRIPT_MODELS = 16
+_REPLY_WORDS = re.compile(r"\s*\S+\s*$|\s*\S+")
 MAX_MODEL_NAME = 256
 # A tool call streams as its name, then its arguments in at most three pieces.
 CHUNKS_PER_CALL = 4
@@ -139,13 +141,16 @@ class MockKnobs(BaseModel):
     cut_after: int | None = Field(default=None, ge=0, le=MAX_CHUNKS + 2)
     malformed_after: int | None = Field(default=None, ge=0, le=MAX_CHUNKS + 2)
     tool_calls: int | None = Field(default=None, ge=1, le=MAX_TOOL_CALLS)
+    # The answer's text instead of the prompt's words, one word (with the space before
+    # it) a chunk; ``chunks`` is then ignored.
+    reply: str | None = Field(default=None, min_length=1, max_length=MAX_MESSAGE)
 
 
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_MODEL_NAME)]
 
 
 class MockScript(MockKnobs):
-    """Timing and faults for one mock request.
+    """Timing, faults and text for one mock request.
 
     ``models`` maps an upstream model name (the ``model`` the mock receives: a
     deployment's ``model:``) to knobs that override the top-level ones for that model
@@ -241,8 +246,11 @@ def estimate_tokens(text: str) -> int:
 
 def completion_tokens(request: ChatCompletionRequest, script: MockScript) -> list[str]:
     """The answer, one token a chunk: words picked by a PRNG seeded with the prompt."""
-    count = script.chunks or DEFAULT_TOKENS
     limit = request.max_completion_tokens or request.max_tokens
+    if script.reply is not None:
+        words = _REPLY_WORDS.findall(script.reply) or [script.reply]
+        return words[:limit] if limit else words
+    count = script.chunks or DEFAULT_TOKENS
     if limit:
         count = min(count, limit)
     seed = hashlib.sha256(prompt_text(request).encode()).digest()

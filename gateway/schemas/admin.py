@@ -98,6 +98,42 @@ class UsageList(BaseModel):
     data: list[UsageDoc]
 
 
+class WindowQuota(BaseModel):
+    """One rolling-minute limit (rpm or tpm) as it stands. ``limit`` null: the key has
+    none, and nothing is counted against it."""
+
+    limit: int | None
+    used: int
+    remaining: int | None
+    reset_seconds: float  # until the oldest use counted leaves the window; 0: none counted
+
+
+class ParallelQuota(BaseModel):
+    limit: int | None
+    in_flight: int  # requests in flight (a fan-out's each model call)
+    remaining: int | None
+
+
+class BudgetQuota(BaseModel):
+    limit_usd: float | None
+    period: Literal["day", "month", "total"] | None
+    spent_usd: float  # settled in the current period
+    held_usd: float  # reserved by requests in flight until they settle
+    remaining_usd: float | None
+
+
+class KeyQuota(BaseModel):
+    """``GET /admin/keys/{id}/quota``: where the key stands against its limits now,
+    read from the store every instance shares (docs/wire-formats.md, "Admin API")."""
+
+    object: Literal["gateway.key_quota"] = "gateway.key_quota"
+    key_id: str
+    requests: WindowQuota
+    tokens: WindowQuota
+    parallel: ParallelQuota
+    budget: BudgetQuota
+
+
 class ReloadOut(BaseModel):
     """``POST /admin/reload``: what the reload changed on the worker that answered."""
 

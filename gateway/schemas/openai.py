@@ -326,11 +326,24 @@ class EmbeddingResponse(_Always):
     usage: EmbeddingUsage = EmbeddingUsage()
 
 
+class DeploymentPrice(BaseModel):
+    """USD per one million tokens; cache reads and writes at ``input`` when null."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # The gateway's own field: each priced deployment's price, by the name that
+    # x-gateway-served-by gives it, so a client can price what it was served
+    # (docs/wire-formats.md, "Models"). SDKs keep unknown fields.
+    pricing: dict[str, DeploymentPrice] = {}
 
 
 class ModelList(BaseModel):

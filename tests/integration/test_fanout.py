@@ -180,7 +180,9 @@ def test_the_sdk_reads_a_fanout_stream_with_one_model_cut_midway(
         for c in chunk.choices
         if c.finish_reason is not None
     }
-    assert finishes[0] == finishes[2] == ("stop", {})
+    # A complete model's finish chunk carries its own usage, on its choice.
+    assert finishes[0][0] == finishes[2][0] == "stop"
+    own = {i: finishes[i][1]["usage"] for i in (0, 2)}
     reason, extra = finishes[1]
     assert reason == "error"
     assert extra["error"]["type"] == "api_error"
@@ -206,6 +208,12 @@ def test_the_sdk_reads_a_fanout_stream_with_one_model_cut_midway(
     complete = ("fan-a", "fan-c")
     assert last.usage.prompt_tokens == sum(models[m]["input_tokens"] for m in complete)
     assert last.usage.completion_tokens == sum(models[m]["output_tokens"] for m in complete)
+    for index, model in ((0, "fan-a"), (2, "fan-c")):
+        assert own[index]["prompt_tokens"] == models[model]["input_tokens"]
+        assert own[index]["completion_tokens"] == models[model]["output_tokens"]
+        assert own[index]["total_tokens"] == (
+            models[model]["input_tokens"] + models[model]["output_tokens"]
+        )
     # The cut call is billed its prompt and what it sent.
     assert models["fan-b"]["input_tokens"] > 0
     assert models["fan-b"]["output_tokens"] > 0

@@ -80,7 +80,11 @@ def test_default_serves_the_mock_model_to_the_demo_key(default_gateway: ServerPr
     assert r.json()["choices"][0]["message"]["content"]
     assert r.headers["x-gateway-served-by"] == "demo/mock-chat"
     # Without OPENAI_API_KEY, only the mock models are there.
-    assert model_ids(default_gateway.url, DEMO_KEY) == ["mock-chat", "mock-embedding"]
+    assert model_ids(default_gateway.url, DEMO_KEY) == [
+        "mock-chat",
+        "mock-chat-2",
+        "mock-embedding",
+    ]
 
 
 def test_default_warns_about_the_demo_key(default_gateway: ServerProcess) -> None:

@@ -53,7 +53,11 @@ def test_demo_key_never_reaches_a_paid_model(tmp_path: Path) -> None:
         )
         assert mock.status_code == 200, mock.text
         listed = httpx.get(f"{server.url}/v1/models", headers=auth, timeout=5).json()
-        assert sorted(m["id"] for m in listed["data"]) == ["mock-chat", "mock-embedding"]
+        assert sorted(m["id"] for m in listed["data"]) == [
+            "mock-chat",
+            "mock-chat-2",
+            "mock-embedding",
+        ]
         assert "demo key" in server.logs()  # and the start-up log still warns about it
     finally:
         server.stop()

@@ -924,3 +924,21 @@ async def test_arguments_validate_against_a_pydantic_tool(provider: MockProvider
     parsed = Forecast.model_validate_json(call["function"]["arguments"])
     assert parsed.unit is Unit.celsius
     assert parsed.days == 1
+
+
+async def test_a_scripted_reply_is_the_answer_word_by_word(provider: MockProvider) -> None:
+    reply = "Hello <b>there</b>,\n  two words"
+    answer = await provider.chat(chat(mock={"reply": reply}), CTX)
+    assert answer.choices[0].message.content == reply
+    assert answer.usage.completion_tokens == 4
+    chunks = await stream_all(provider, chat(mock={"reply": reply, "chunks": 99}))
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert texts == ["Hello", " <b>there</b>,", "\n  two", " words"]
+    capped = await provider.chat(chat(max_tokens=2, mock={"reply": reply}), CTX)
+    assert capped.choices[0].message.content == "Hello <b>there</b>,"
+    assert capped.choices[0].finish_reason == "length"
+    per_model = chat(mock={"models": {"mock-chat": {"reply": "only here"}}})
+    assert (await provider.chat(per_model, CTX)).choices[0].message.content == "only here"
+    with pytest.raises(InvalidRequest) as refused:
+        await provider.chat(chat(mock={"reply": ""}), CTX)
+    assert refused.value.param == "mock.reply"
