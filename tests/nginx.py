@@ -7,7 +7,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -107,3 +108,14 @@ class NginxProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+@contextmanager
+def nginx_in_front(workdir: Path, upstream_ports: int | Sequence[int]) -> Iterator[NginxProcess]:
+    """nginx with the shipped config, answering, in front of those gateways; stopped after."""
+    server = NginxProcess(workdir, upstream_ports)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

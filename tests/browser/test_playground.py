@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import MASTER, UI, shown_numbers
-from tests.nginx import NginxProcess
+from tests.nginx import NginxProcess, nginx_in_front
 from tests.servers import SLACK, ServerProcess, wait_for
 
 # 20 tokens at 5 a second: about 4 s of stream, the first token at once.
@@ -32,12 +32,8 @@ def model_stats(upstream: ServerProcess, model: str) -> dict[str, int]:
 def nginx(
     gateway: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[NginxProcess]:
-    server = NginxProcess(tmp_path_factory.mktemp("nginx"), gateway.port)
-    try:
-        server.wait_ready()
+    with nginx_in_front(tmp_path_factory.mktemp("nginx"), gateway.port) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def send(ui: UI, text: str, model: str = "ui-chat", extra: dict | None = None) -> None:

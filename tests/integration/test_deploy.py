@@ -34,7 +34,14 @@ import redis
 import yaml
 from redis.cluster import RedisCluster
 
-from tests.nginx import NGINX_CONF, SETUP_HINT, NginxProcess, local_nginx_conf, nginx_argv
+from tests.nginx import (
+    NGINX_CONF,
+    SETUP_HINT,
+    NginxProcess,
+    local_nginx_conf,
+    nginx_argv,
+    nginx_in_front,
+)
 from tests.servers import ROOT, TEST_KEY, ServerProcess, free_port, wait_for
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -413,12 +420,8 @@ def test_nginx_config_is_set_up_for_streams() -> None:
 def nginx(
     gateway: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[NginxProcess]:
-    server = NginxProcess(tmp_path_factory.mktemp("nginx"), gateway.port)
-    try:
-        server.wait_ready()
+    with nginx_in_front(tmp_path_factory.mktemp("nginx"), gateway.port) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_stream_through_nginx_arrives_as_it_is_produced(nginx: NginxProcess) -> None:

@@ -77,6 +77,18 @@ export function costOf(prices, servedBy, usage) {
   return (price.input * fresh + readPrice * cached + price.output * usage.completion_tokens) / 1e6;
 }
 
+// Send with the button or Enter in the message (Shift+Enter: a new line); Stop aborts.
+export function bindControls({ send, stop, input, run, abort }) {
+  send.addEventListener("click", run);
+  stop.addEventListener("click", abort);
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      run();
+    }
+  });
+}
+
 // The messages and the body of a request from the form's fields; an Error naming the
 // field for extra fields that are not a JSON object.
 export function requestBody({ system, user, maxTokens, extra }) {

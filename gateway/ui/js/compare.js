@@ -3,7 +3,7 @@
 // with an error while the others go on (docs/wire-formats.md, "Fan-out").
 
 import { ApiError, explain } from "./api.js";
-import { Meter, requestBody, streamChat, summary } from "./chat.js";
+import { Meter, bindControls, requestBody, streamChat, summary } from "./chat.js";
 import { $, h, showError } from "./dom.js";
 
 const MIN_MODELS = 2;
@@ -110,13 +110,7 @@ export function compare(session) {
     }
   }
 
-  send.addEventListener("click", run);
-  stop.addEventListener("click", () => running?.abort());
-  user.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      run();
-    }
-  });
-  return { stop: () => running?.abort() };
+  const abort = () => running?.abort();
+  bindControls({ send, stop, input: user, run, abort });
+  return { stop: abort };
 }

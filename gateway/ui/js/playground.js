@@ -1,7 +1,7 @@
 // The playground: one model, a system and a user message, the answer as it streams.
 
 import { explain } from "./api.js";
-import { Meter, requestBody, streamChat, summary } from "./chat.js";
+import { Meter, bindControls, requestBody, streamChat, summary } from "./chat.js";
 import { $, fmt, h, showError } from "./dom.js";
 
 export function playground(session) {
@@ -87,13 +87,7 @@ export function playground(session) {
     }
   }
 
-  send.addEventListener("click", run);
-  stop.addEventListener("click", () => running?.abort());
-  user.addEventListener("keydown", (event) => {
-    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
-      event.preventDefault();
-      run();
-    }
-  });
-  return { stop: () => running?.abort() };
+  const abort = () => running?.abort();
+  bindControls({ send, stop, input: user, run, abort });
+  return { stop: abort };
 }
