@@ -182,3 +182,21 @@ def test_every_field_of_a_key_is_edited_as_the_form_says(ui: UI, gateway: Server
     expect(page.locator("#f-error")).to_have_text(
         "Requests in flight must be a positive whole number, or empty for none."
     )
+
+
+def test_live_limits_keep_refreshing_after_another_view(ui: UI, gateway: ServerProcess) -> None:
+    page = ui.page
+    created = httpx.post(
+        f"{gateway.url}/admin/keys",
+        json={"name": f"live-{uuid.uuid4().hex[:6]}", "limits": {"rpm": 5}},
+        headers={"authorization": f"Bearer {MASTER}"},
+        timeout=5,
+    ).json()
+    log_in(ui)
+    page.locator(f"#con-keys tr[data-key-id='{created['id']}'] button[data-action=details]").click()
+    requests = page.locator("#con-quota .meter").first
+    expect(requests).to_contain_text("5 of 5 requests left")
+    page.click("#tab-playground")
+    page.click("#tab-console")
+    sdk(gateway, created["key"]).chat.completions.create(model="ui-chat", messages=HI)
+    expect(requests).to_contain_text("4 of 5 requests left")  # within the 2 s refresh

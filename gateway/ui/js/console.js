@@ -58,6 +58,7 @@ export function opsConsole() {
     login.hidden = true;
     main.hidden = false;
     await refresh();
+    if (selected && !detail.hidden) await show(selected); // its live limits refresh again
   }
 
   async function refresh() {
@@ -84,7 +85,10 @@ export function opsConsole() {
     if (limits.rpm) parts.push(`${fmt.int(limits.rpm)} req/min`);
     if (limits.tpm) parts.push(`${fmt.int(limits.tpm)} tok/min`);
     if (limits.max_parallel) parts.push(`${fmt.int(limits.max_parallel)} in flight`);
-    if (limits.budget_usd) parts.push(`${fmt.usd(limits.budget_usd)} a ${limits.budget_period || "total"}`.replace("a total", "in total"));
+    if (limits.budget_usd) {
+      const period = limits.budget_period || "total";
+      parts.push(`${fmt.usd(limits.budget_usd)} ${period === "total" ? "in total" : `a ${period}`}`);
+    }
     return parts.join(", ") || "none";
   }
 
