@@ -145,9 +145,7 @@ def _stream(
         if access.ttft_ms is None:
             access.ttft_ms = (time.perf_counter() - started) * 1000
         if isinstance(chunk, GatewayError):
-            return (
-                b"data: " + to_json(_error_chunk(chunk_id, created, models, index, chunk)) + b"\n\n"
-            )
+            return _error_frame(chunk_id, created, models, index, chunk)
         usage = chunk.usage
         if not chunk.choices:  # a model's usage alone: on its finish chunk, and in the sum
             finish = held.pop(index, None)
@@ -208,40 +206,37 @@ def _error_object(error: GatewayError) -> dict[str, Any]:
     return {"message": error.message, "type": error.type, "code": error.code}
 
 
-def _error_chunk(
-    chunk_id: str, created: int, models: Sequence[str], index: int, error: GatewayError
-) -> dict[str, Any]:
-    return {
+def _one_choice_frame(chunk_id: str, created: int, model: str, choice: dict[str, Any]) -> bytes:
+    """A chunk frame of one choice that carries a field of the gateway's own (``error``,
+    ``usage``): built as a dict, since the chunk model has no such field."""
+    chunk = {
         "id": chunk_id,
         "object": "chat.completion.chunk",
         "created": created,
-        "model": models[index],
-        "choices": [
-            {
-                "index": index,
-                "delta": {},
-                "finish_reason": "error",
-                "error": _error_object(error),
-            }
-        ],
+        "model": model,
+        "choices": [choice],
     }
+    return b"data: " + to_json(chunk) + b"\n\n"
+
+
+def _error_frame(
+    chunk_id: str, created: int, models: Sequence[str], index: int, error: GatewayError
+) -> bytes:
+    choice = {"index": index, "delta": {}, "finish_reason": "error", "error": _error_object(error)}
+    return _one_choice_frame(chunk_id, created, models[index], choice)
 
 
 def _with_usage(chunk: ChatCompletionChunk, usage: Usage) -> bytes:
     """A model's finish chunk with its own usage on its choice (a field the SDKs keep)."""
     choice = chunk.choices[0]
-    payload = {
-        "id": chunk.id,
-        "object": "chat.completion.chunk",
-        "created": chunk.created,
-        "model": chunk.model,
-        "choices": [
-            {
-                "index": choice.index,
-                "delta": choice.delta.model_dump(exclude_none=True),
-                "finish_reason": choice.finish_reason,
-                "usage": usage.model_dump(exclude_none=True),
-            }
-        ],
-    }
-    return b"data: " + to_json(payload) + b"\n\n"
+    return _one_choice_frame(
+        chunk.id,
+        chunk.created,
+        chunk.model,
+        {
+            "index": choice.index,
+            "delta": choice.delta.model_dump(exclude_none=True),
+            "finish_reason": choice.finish_reason,
+            "usage": usage.model_dump(exclude_none=True),
+        },
+    )

@@ -129,17 +129,17 @@ def parse_redis_url(value: str) -> RedisTarget:
             f"{shown!r} names several hosts: use redis+cluster:// for a cluster's seeds or "
             "redis+sentinel:// for sentinels"
         )
-    db, master_name = 0, None
+    db, master_name, named = 0, None, path.strip("/")
     if kind == "sentinel":
-        master_name = unquote(path.strip("/"))
+        master_name = unquote(named)
         if not master_name:
             raise ValueError(f"{shown!r}: name the primary after the sentinels (/mymaster)")
-    elif path.strip("/"):
+    elif named:
         if kind == "cluster":
             raise ValueError(f"{shown!r}: a cluster has one database: no /db in the URL")
-        if not path.strip("/").isdigit():
+        if not named.isdigit():
             raise ValueError(f"{shown!r}: the path must be a database number, not {path!r}")
-        db = int(path.strip("/"))
+        db = int(named)
     return RedisTarget(
         kind,  # type: ignore[arg-type]
         nodes,

@@ -293,9 +293,6 @@ class EmbeddedStore:
     async def renew(self, grants: list[Grant]) -> None:
         self._limiter.renew(grants)
 
-    async def in_flight(self, key_id: str) -> int:
-        return self._limiter.in_flight(key_id)
-
     async def standing(self, key: KeyRecord) -> Standing:
         return self._limiter.standing(key)
 

@@ -446,12 +446,6 @@ class RedisStore:
         except _DOWN as exc:
             self._went_down(exc)
 
-    async def in_flight(self, key_id: str) -> int:
-        seconds, micros = await self._call("TIME")
-        now_ms = int(seconds) * 1000 + int(micros) // 1000
-        # Exclusive: a lease expiring this very millisecond is gone, as in the scripts.
-        return await self._call("ZCOUNT", self.keys.tagged(key_id, "lease"), f"({now_ms}", "+inf")
-
     async def standing(self, key: KeyRecord) -> Standing:
         """Read by one script of admit's keys, so every count is of one moment."""
         period = budget_period(key.limits)

@@ -122,11 +122,6 @@ class RedisConnection:
         self.address = (host, port)
         self.credentials = credentials
         self.db = db
-        self._host = host
-        self._port = port
-        self._ssl = credentials.ssl
-        self._username = credentials.username
-        self._password = credentials.password
         self.timeout = timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
@@ -134,13 +129,15 @@ class RedisConnection:
 
     @property
     def name(self) -> str:
-        return f"{self._host}:{self._port}"
+        host, port = self.address
+        return f"{host}:{port}"
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         hello: list[tuple[object, ...]] = []
-        if self._password is not None:
-            auth = (self._username, self._password) if self._username else (self._password,)
+        login = self.credentials
+        if login.password is not None:
+            auth = (login.username, login.password) if login.username else (login.password,)
             hello.append(("AUTH", *auth))
         if self.db:
             hello.append(("SELECT", self.db))
@@ -148,9 +145,7 @@ class RedisConnection:
         try:
             # The handshake is bounded as a whole: a hung Redis still accepts connections.
             async with asyncio.timeout(self.timeout):
-                _, protocol = await loop.create_connection(
-                    _Protocol, self._host, self._port, ssl=self._ssl
-                )
+                _, protocol = await loop.create_connection(_Protocol, *self.address, ssl=login.ssl)
                 for command in hello:
                     await self._send(protocol, command)
         except (OSError, TimeoutError) as exc:

@@ -15,7 +15,7 @@ over TLS when the URL is ``rediss+sentinel://``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from gateway.limits.resp import Credentials, RedisConnection, RedisDown, ReplyError, Script
 
@@ -53,23 +53,19 @@ class SentinelClient:
         return f"sentinel {asked}, primary {self.master_name!r}"
 
     async def execute(self, *args: object) -> object:
+        return await self._on_primary(lambda primary: primary.execute(*args))
+
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> object:
+        return await self._on_primary(lambda primary: primary.evalsha(script, keys, args))
+
+    async def _on_primary(self, call: Callable[[RedisConnection], Awaitable[object]]) -> object:
         primary = await self._current()
         try:
-            return await primary.execute(*args)
+            return await call(primary)
         except ReplyError as exc:
             raise self._demoted(exc) from None
         except RedisDown:
             self._stale = True  # the sentinels are asked again at the next call or probe
-            raise
-
-    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> object:
-        primary = await self._current()
-        try:
-            return await primary.evalsha(script, keys, args)
-        except ReplyError as exc:
-            raise self._demoted(exc) from None
-        except RedisDown:
-            self._stale = True
             raise
 
     async def _current(self) -> RedisConnection:

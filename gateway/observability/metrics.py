@@ -121,22 +121,24 @@ class Metrics(Observer):
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(name, doc, labels, registry=registry)
 
+        def gauge(name: str, doc: str, mode: str) -> Gauge:
+            # ``mode``: how a scrape combines the workers' values (live*: live ones only).
+            return Gauge(name, doc, registry=registry, multiprocess_mode=mode)
+
         self.requests = counter(
             "gateway_requests",
             "HTTP requests answered, by route, model, provider, key name and status.",
             ("route", "model", "provider", "key", "status"),
         )
-        self.requests_in_flight = Gauge(
+        self.requests_in_flight = gauge(
             "gateway_requests_in_flight",
             "HTTP requests being served (the scrape itself not counted).",
-            registry=registry,
-            multiprocess_mode="livesum",
+            "livesum",
         )
-        self.streams_in_flight = Gauge(
+        self.streams_in_flight = gauge(
             "gateway_streams_in_flight",
             "Event streams open to clients.",
-            registry=registry,
-            multiprocess_mode="livesum",
+            "livesum",
         )
         self.duration = Histogram(
             "gateway_request_duration_seconds",
@@ -167,17 +169,15 @@ class Metrics(Observer):
             "Requests refused by a key's limit (rpm, tpm, max_parallel, budget).",
             ("limit", "key"),
         )
-        self.store_up = Gauge(
+        self.store_up = gauge(
             "gateway_store_up",
             "1 while the shared store answers, 0 while it is down (degraded).",
-            registry=registry,
-            multiprocess_mode="livemin",
+            "livemin",
         )
-        self.store_last_failure = Gauge(
+        self.store_last_failure = gauge(
             "gateway_store_last_failure_timestamp_seconds",
             "When the store last went down (Unix time; 0: not since the start).",
-            registry=registry,
-            multiprocess_mode="livemax",
+            "livemax",
         )
         self.upstream_errors = counter(
             "gateway_upstream_errors",

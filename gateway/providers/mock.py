@@ -118,10 +118,12 @@ MAX_RETRY_AFTER_S = 3600
 MAX_MESSAGE = 4096
 # A script's per-model entries: enough for every deployment of a route.
 MAX_SCRIPT_MODELS = 16
-_REPLY_WORDS = re.compile(r"\s*\S+\s*$|\s*\S+")
 MAX_MODEL_NAME = 256
 # A tool call streams as its name, then its arguments in at most three pieces.
 CHUNKS_PER_CALL = 4
+# A scripted reply's chunks: each word with the space before it (the last with what
+# follows it too), so the chunks joined are the reply exactly.
+_REPLY_WORDS = re.compile(r"\s*\S+\s*$|\s*\S+")
 
 
 class MockKnobs(BaseModel):

@@ -12,54 +12,31 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import load_settings
-from tests.limits.support import REDIS_URL
-from tests.servers import ServerProcess, start_gateway, write_config
+from tests.integration.stores import ADMIN, MASTER, STORES, gateway_on
+from tests.servers import ServerProcess
 
-MASTER = "sk-master-" + uuid.uuid4().hex
-ADMIN = {"authorization": f"Bearer {MASTER}"}
 CONFIG_KEY_NAME = "ops-from-config"
 
 
-def _config(data_dir: Path, prefix: str | None) -> dict[str, Any]:
-    server: dict[str, Any] = {"data_dir": str(data_dir)}
-    if prefix:
-        server["redis_prefix"] = prefix
+def _config() -> dict[str, Any]:
     return {
         "providers": {"demo": {"type": "mock"}},
         "models": {"mock-chat": {"deployments": [{"provider": "demo", "model": "mock-chat"}]}},
         "keys": [{"name": CONFIG_KEY_NAME, "key": "sk-test-admin-config-0001"}],
-        "server": server,
     }
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
+@pytest.fixture(scope="module", params=STORES)
 def gateway(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     directory = tmp_path_factory.mktemp(f"admin-{request.param}")
-    env = {"GATEWAY_MASTER_KEY": MASTER}
-    prefix = None
-    if request.param == "redis":
-        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-        try:
-            client.ping()
-        except (redis.RedisError, OSError) as exc:
-            pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc})", pytrace=False)
-        prefix = f"gwtest-admin-{uuid.uuid4().hex}:"
-        env["REDIS_URL"] = REDIS_URL
-    server = start_gateway(write_config(directory, _config(directory / "data", prefix)), env=env)
-    yield server
-    server.stop()
-    if prefix:
-        names = list(client.scan_iter(match=f"{prefix}*", count=500))
-        if names:
-            client.delete(*names)
-        client.close()
+    with gateway_on(request.param, directory, _config()) as server:
+        yield server
 
 
 def _error(response: httpx.Response) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,11 +23,9 @@ from starlette.testclient import TestClient
 
 from gateway.app import create_app
 from gateway.config import load_settings
-from tests.limits.support import REDIS_URL
-from tests.servers import ROOT, free_port, start_gateway, write_config
+from tests.integration.stores import ADMIN, MASTER, REDIS_URL, gateway_on
+from tests.servers import ROOT, free_port
 
-MASTER = "sk-master-" + uuid.uuid4().hex
-ADMIN = {"authorization": f"Bearer {MASTER}"}
 HINT = f"sk-...{MASTER[-4:]}"
 CONFIG = (
     "providers: {demo: {type: mock}}\n"
@@ -231,21 +228,13 @@ def test_a_store_that_is_down_neither_blocks_nor_silently_drops_the_event(
 def test_a_served_gateway_on_redis_keeps_the_trail_for_gateway_keys_audit(
     tmp_path: Path,
 ) -> None:
-    admin = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        admin.ping()
-    except (redis.RedisError, OSError) as exc:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc})", pytrace=False)
-    prefix = f"gwtest-audit-{uuid.uuid4().hex}:"
-    config = {
+    config: dict[str, Any] = {
         "providers": {"demo": {"type": "mock"}},
         "models": {"mock-chat": {"deployments": [{"provider": "demo", "model": "mock-chat"}]}},
-        "server": {"redis_prefix": prefix},
     }
-    server = start_gateway(
-        write_config(tmp_path, config), env={"GATEWAY_MASTER_KEY": MASTER, "REDIS_URL": REDIS_URL}
-    )
-    try:
+    admin = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    with gateway_on("redis", tmp_path, config) as server:
+        prefix = config["server"]["redis_prefix"]
         created = httpx.post(
             f"{server.url}/admin/keys", json={"name": "served"}, headers=ADMIN, timeout=10
         )
@@ -281,9 +270,4 @@ def test_a_served_gateway_on_redis_keeps_the_trail_for_gateway_keys_audit(
         assert logs.count(" INFO gateway.audit ") == 2, logs
         assert secret not in logs
         assert MASTER not in logs
-    finally:
-        server.stop()
-        names = list(admin.scan_iter(match=f"{prefix}*", count=500))
-        if names:
-            admin.delete(*names)
-        admin.close()
+    admin.close()

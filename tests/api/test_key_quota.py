@@ -11,41 +11,24 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from tests.limits.support import REDIS_URL
-from tests.servers import SLACK, ServerProcess, start_gateway, wait_for, write_config
+from tests.integration.stores import ADMIN, STORES, gateway_on
+from tests.servers import SLACK, ServerProcess, wait_for
 
-MASTER = "sk-master-" + uuid.uuid4().hex
-ADMIN = {"authorization": f"Bearer {MASTER}"}
 PRICE = {"input": 1000.0, "output": 2000.0}  # USD per 1M tokens: cents a request
 
 
-@pytest.fixture(scope="module", params=["embedded", "redis"])
+@pytest.fixture(scope="module", params=STORES)
 def gateway(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    directory = tmp_path_factory.mktemp(f"quota-{request.param}")
-    env = {"GATEWAY_MASTER_KEY": MASTER}
-    server_config: dict[str, Any] = {}
-    prefix = f"gwtest-quota-{uuid.uuid4().hex}:"
-    if request.param == "redis":
-        env["REDIS_URL"] = REDIS_URL
-        server_config["redis_prefix"] = prefix
     config = {
         "providers": {"demo": {"type": "mock"}},
         "models": {"priced": {"deployments": [{"provider": "demo", "model": "m", "price": PRICE}]}},
-        "server": server_config,
     }
-    server = start_gateway(write_config(directory, config), env=env)
-    yield server
-    server.stop()
-    if request.param == "redis":
-        client = redis.Redis.from_url(REDIS_URL)
-        names = list(client.scan_iter(match=f"{prefix}*", count=500))
-        if names:
-            client.delete(*names)
-        client.close()
+    directory = tmp_path_factory.mktemp(f"quota-{request.param}")
+    with gateway_on(request.param, directory, config) as server:
+        yield server
 
 
 def create(gateway: ServerProcess, **fields: Any) -> dict[str, Any]:

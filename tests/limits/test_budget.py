@@ -44,7 +44,7 @@ async def test_a_fresh_key_is_served_whatever_its_reservation(store: Store) -> N
     tiny = await registered(store, Limits(budget_usd=0.001, budget_period="day"))
     grant = await store.admit(admission(tiny, cost=0.041))
     assert (grant.cost, grant.period, grant.lease) == (0.041, f"d{today()}", True)
-    assert await store.in_flight(tiny.id) == 1
+    assert (await store.standing(tiny)).in_flight == 1
     await store.settle(grant, [event(cost=0.0001)])
     await store.settle(await store.admit(admission(tiny, cost=0.041)), [event(cost=0.0001)])
 

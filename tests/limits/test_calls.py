@@ -79,22 +79,22 @@ async def test_more_calls_than_the_whole_rpm_is_a_quota_error(store: Store) -> N
 async def test_max_parallel_counts_each_call_and_settle_releases_them_all(store: Store) -> None:
     key = await registered(store, Limits(max_parallel=4))
     fan_out = await store.admit(admission(key, calls=3))
-    assert await store.in_flight(key.id) == 3
+    assert (await store.standing(key)).in_flight == 3
 
     with pytest.raises(TooManyInFlight) as refused:
         await store.admit(admission(key, calls=2))
     assert refused.value.code == "max_parallel_exceeded"
     assert refused.value.response_headers()["retry-after"] == "1"
-    assert await store.in_flight(key.id) == 3  # refused whole: no lease taken
+    assert (await store.standing(key)).in_flight == 3  # refused whole: no lease taken
     single = await store.admit(admission(key))
-    assert await store.in_flight(key.id) == 4
+    assert (await store.standing(key)).in_flight == 4
 
     await store.settle(fan_out, [event("model-a"), event("model-b"), event("model-c")])
-    assert await store.in_flight(key.id) == 1
+    assert (await store.standing(key)).in_flight == 1
     await store.settle(single, [event()])
-    assert await store.in_flight(key.id) == 0
+    assert (await store.standing(key)).in_flight == 0
     await store.admit(admission(key, calls=4))
-    assert await store.in_flight(key.id) == 4
+    assert (await store.standing(key)).in_flight == 4
 
 
 async def test_more_calls_than_max_parallel_is_a_quota_error(store: Store) -> None:
@@ -103,9 +103,9 @@ async def test_more_calls_than_max_parallel_is_a_quota_error(store: Store) -> No
         await store.admit(admission(key, calls=3))
     assert refused.value.code == "insufficient_quota"
     assert refused.value.response_headers()["x-should-retry"] == "false"
-    assert await store.in_flight(key.id) == 0
+    assert (await store.standing(key)).in_flight == 0
     await store.admit(admission(key, calls=2))
-    assert await store.in_flight(key.id) == 2
+    assert (await store.standing(key)).in_flight == 2
 
 
 # ---------------------------------------------------------------- settle
@@ -119,7 +119,7 @@ async def test_settle_of_three_calls_records_each_and_reconciles_their_sums(
     )
     grant = await store.admit(admission(key, tokens=3000, cost=0.75, calls=3))
     assert tokens_left(grant) == 7000
-    assert await store.in_flight(key.id) == 3
+    assert (await store.standing(key)).in_flight == 3
     await store.settle(
         grant,
         [
@@ -128,7 +128,7 @@ async def test_settle_of_three_calls_records_each_and_reconciles_their_sums(
             event("model-a", 7, 0, 0.0, error=True),  # reached the upstream, then failed
         ],
     )
-    assert await store.in_flight(key.id) == 0
+    assert (await store.standing(key)).in_flight == 0
 
     doc = await store.usage(key.id)
     assert (doc.requests, doc.input_tokens, doc.output_tokens, doc.errors) == (3, 157, 30, 1)
@@ -163,9 +163,9 @@ async def test_settle_with_no_events_gives_everything_back_and_records_nothing(
 ) -> None:
     key = await registered(store, Limits(tpm=1000, max_parallel=3, budget_usd=1.0))
     grant = await store.admit(admission(key, tokens=800, cost=0.75, calls=2))
-    assert (tokens_left(grant), await store.in_flight(key.id)) == (200, 2)
+    assert (tokens_left(grant), (await store.standing(key)).in_flight) == (200, 2)
     await store.settle(grant, [])
-    assert await store.in_flight(key.id) == 0
+    assert (await store.standing(key)).in_flight == 0
     assert (await store.usage(key.id)).requests == 0
 
     # The whole tpm, and the whole budget (no spend, nothing held), are there again.
@@ -190,14 +190,14 @@ async def test_a_multi_call_lease_is_renewed_whole_and_expires_whole(
     while time.monotonic() - started < SHORT_TTL * 1.5:
         await asyncio.sleep(SHORT_TTL / 4)
         await store.renew([renewed])
-    assert await store.in_flight(renewed_key.id) == 3
+    assert (await store.standing(renewed_key)).in_flight == 3
     with pytest.raises(TooManyInFlight):
         await store.admit(admission(renewed_key))
-    assert await store.in_flight(left_key.id) == 0  # all three of its slots expired
+    assert (await store.standing(left_key)).in_flight == 0  # all three of its slots expired
 
     await store.settle(renewed, [event("model-a"), event("model-b")])
     await store.renew([renewed])  # renewing a released lease does not bring it back
-    assert await store.in_flight(renewed_key.id) == 0
+    assert (await store.standing(renewed_key)).in_flight == 0
     await store.admit(admission(renewed_key, calls=3))
 
 
@@ -269,7 +269,7 @@ async def test_a_lost_multi_call_admit_gives_back_every_slot(
                 assert time.monotonic() < deadline, "the store did not see Redis come back"
                 await asyncio.sleep(0.05)
 
-            assert await store.in_flight(key.id) == 0
+            assert (await store.standing(key)).in_flight == 0
             again = await store.admit(admission(key, calls=3))
             assert not again.local
         finally:

@@ -129,18 +129,18 @@ async def test_max_parallel_refuses_the_third_and_settle_frees_a_slot(store: Sto
     key = await registered(store, Limits(max_parallel=2))
     first = await store.admit(admission(key))
     await store.admit(admission(key))
-    assert await store.in_flight(key.id) == 2
+    assert (await store.standing(key)).in_flight == 2
 
     with pytest.raises(TooManyInFlight) as refused:
         await store.admit(admission(key))
     assert refused.value.code == "max_parallel_exceeded"
     assert refused.value.status == 429
-    assert await store.in_flight(key.id) == 2  # the refusal took no lease
+    assert (await store.standing(key)).in_flight == 2  # the refusal took no lease
 
     await store.settle(first, [event()])
-    assert await store.in_flight(key.id) == 1
+    assert (await store.standing(key)).in_flight == 1
     await store.admit(admission(key))
-    assert await store.in_flight(key.id) == 2
+    assert (await store.standing(key)).in_flight == 2
 
 
 async def test_an_unsettled_lease_expires_by_itself(stores: StoreFactory) -> None:
@@ -187,12 +187,12 @@ async def test_in_flight_stops_counting_a_lease_the_moment_it_expires(
         before = time.time()
         await store.admit(admission(key))
         admitted = time.time()
-        first = await store.in_flight(key.id)
+        first = (await store.standing(key)).in_flight
         first_at = time.time()
         # The lease expires between before + ttl and admitted + ttl.
         await asyncio.sleep(max(0.0, admitted + ttl + 0.25 - time.time()))
         start = time.time()
-        second = await store.in_flight(key.id)
+        second = (await store.standing(key)).in_flight
         end = time.time()
         if (
             first_at < before + ttl
@@ -221,8 +221,8 @@ async def test_renew_keeps_a_lease_and_its_reservation_past_their_ttl(
     while time.monotonic() - started < SHORT_TTL * 1.5:
         await asyncio.sleep(SHORT_TTL / 4)
         await store.renew(grants)
-    assert await store.in_flight(parallel.id) == 1
-    assert await store.in_flight(budget.id) == 1
+    assert (await store.standing(parallel)).in_flight == 1
+    assert (await store.standing(budget)).in_flight == 1
     with pytest.raises(TooManyInFlight):
         await store.admit(admission(parallel))
     with pytest.raises(RateLimited) as held:
@@ -232,8 +232,8 @@ async def test_renew_keeps_a_lease_and_its_reservation_past_their_ttl(
     for grant in grants:
         await store.settle(grant, [event()])
     await store.renew(grants)  # renewing a released lease does not bring it back
-    assert await store.in_flight(parallel.id) == 0
-    assert await store.in_flight(budget.id) == 0
+    assert (await store.standing(parallel)).in_flight == 0
+    assert (await store.standing(budget)).in_flight == 0
     await store.admit(admission(parallel))
     await store.admit(admission(budget, cost=0.5))
 

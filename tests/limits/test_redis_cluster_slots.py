@@ -147,7 +147,7 @@ async def test_the_store_runs_on_a_redis_cluster(cluster: RedisServer) -> None:
             # A script error sends the store to its local fallback: make sure it did not.
             assert not any(g.local for g in grants)
             assert await store.status() == "ok"
-            assert await store.in_flight(key.id) == 2
+            assert (await store.standing(key)).in_flight == 2
 
             await store.renew(grants)
             assert await store.status() == "ok"
@@ -155,7 +155,7 @@ async def test_the_store_runs_on_a_redis_cluster(cluster: RedisServer) -> None:
             for grant in grants:
                 await store.settle(grant, [event("model-a", 100, 50, 0.25)])
             assert await store.status() == "ok"
-            assert await store.in_flight(key.id) == 0
+            assert (await store.standing(key)).in_flight == 0
 
             doc = await store.usage(key.id)
             assert (doc.requests, doc.input_tokens, doc.output_tokens) == (2, 200, 100)

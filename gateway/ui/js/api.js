@@ -9,7 +9,7 @@ export class ApiError extends Error {
 }
 
 // The OpenAI envelope ({"error": {...}}) of a refused request, read from its response.
-export async function errorOf(response) {
+async function errorOf(response) {
   let error = {};
   try {
     error = (await response.json()).error || {};
@@ -27,7 +27,9 @@ export async function errorOf(response) {
   });
 }
 
-export async function call(path, { key, method = "GET", body, signal } = {}) {
+// The answer to a request with `key`, once it is known to be a success (else the
+// refusal, as an ApiError).
+export async function request(path, { key, method = "GET", body, signal } = {}) {
   const headers = { authorization: `Bearer ${key}` };
   if (body !== undefined) headers["content-type"] = "application/json";
   const response = await fetch(path, {
@@ -38,6 +40,12 @@ export async function call(path, { key, method = "GET", body, signal } = {}) {
     cache: "no-store",
   });
   if (!response.ok) throw await errorOf(response);
+  return response;
+}
+
+// The JSON of a successful answer; null for a 204.
+export async function call(path, options) {
+  const response = await request(path, options);
   return response.status === 204 ? null : response.json();
 }
 

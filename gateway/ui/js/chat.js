@@ -2,22 +2,20 @@
 // and the numbers a person compares models by: time to first token, tokens per
 // second, token counts and cost.
 
-import { ApiError, errorOf } from "./api.js";
-import { fmt } from "./dom.js";
+import { ApiError, request } from "./api.js";
+import { fmt, showError } from "./dom.js";
 import { events } from "./sse.js";
 
 // Streams `body` to `path`; calls onOpen(response) once the headers are in and
 // onChunk(chunk) for each chunk. Resolves at [DONE]; rejects with an ApiError for a
 // refusal or an error event, or with an AbortError when `signal` aborts.
 export async function streamChat(path, { key, body, signal, onOpen, onChunk }) {
-  const response = await fetch(path, {
+  const response = await request(path, {
+    key,
     method: "POST",
-    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
-    body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
+    body: { ...body, stream: true, stream_options: { include_usage: true } },
     signal,
-    cache: "no-store",
   });
-  if (!response.ok) throw await errorOf(response);
   onOpen?.(response);
   for await (const { data } of events(response.body)) {
     if (data === "[DONE]") return;
@@ -78,6 +76,7 @@ export function costOf(prices, servedBy, usage) {
 }
 
 // Send with the button or Enter in the message (Shift+Enter: a new line); Stop aborts.
+// Returns busy(on), which enables the one and disables the other.
 export function bindControls({ send, stop, input, run, abort }) {
   send.addEventListener("click", run);
   stop.addEventListener("click", abort);
@@ -87,11 +86,30 @@ export function bindControls({ send, stop, input, run, abort }) {
       run();
     }
   });
+  return (on) => {
+    send.disabled = on;
+    stop.disabled = !on;
+  };
 }
 
-// The messages and the body of a request from the form's fields; an Error naming the
-// field for extra fields that are not a JSON object.
-export function requestBody({ system, user, maxTokens, extra }) {
+// The body a view's form asks for, or null once what is wrong with it is shown in
+// `errorBox`: no app key, no message, extra fields that are not a JSON object.
+export function formRequest(session, errorBox, fields) {
+  showError(errorBox, null);
+  if (!session.appKey()) {
+    showError(errorBox, "Enter an app key first (the field at the top).");
+    return null;
+  }
+  try {
+    return requestBody(fields);
+  } catch (error) {
+    showError(errorBox, error.message);
+    return null;
+  }
+}
+
+function requestBody({ system, user, maxTokens = "", extra }) {
+  if (!user.trim()) throw new Error("Write a message to send.");
   let fields = {};
   if (extra.trim()) {
     try {

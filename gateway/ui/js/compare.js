@@ -3,7 +3,7 @@
 // with an error while the others go on (docs/wire-formats.md, "Fan-out").
 
 import { ApiError, explain } from "./api.js";
-import { Meter, bindControls, requestBody, streamChat, summary } from "./chat.js";
+import { Meter, bindControls, formRequest, streamChat, summary } from "./chat.js";
 import { $, h, showError } from "./dom.js";
 
 const MIN_MODELS = 2;
@@ -33,37 +33,33 @@ export function compare(session) {
     return [...list.querySelectorAll("input:checked")].map((box) => box.value);
   }
 
-  function pane(model) {
+  function pane(model, index) {
     const output = h("div", { class: "output", tabindex: "0" });
     const stats = h("div", { class: "stats", text: "Waiting for the first token…" });
     const error = h("div", { class: "error", role: "alert", hidden: true });
     const el = h("article", { class: "pane" }, h("h3", { text: model }), error, output, stats);
-    return { el, output, stats, error, meter: new Meter(), finish: "", done: false };
+    return { index, el, output, stats, error, meter: new Meter(), finish: "", done: false };
   }
 
   async function run() {
     if (running) return;
-    showError(errorBox, null);
+    const body = formRequest(session, errorBox, {
+      system: $("#cmp-system").value,
+      user: user.value,
+      extra: $("#cmp-extra").value,
+    });
+    if (!body) return;
     const models = checked();
-    if (!session.appKey()) return showError(errorBox, "Enter an app key first (the field at the top).");
     if (models.length < MIN_MODELS || models.length > MAX_MODELS) {
       return showError(errorBox, `Choose ${MIN_MODELS} to ${MAX_MODELS} models (${models.length} chosen).`);
-    }
-    if (!user.value.trim()) return showError(errorBox, "Write a message to send.");
-    let body;
-    try {
-      body = requestBody({ system: $("#cmp-system").value, user: user.value, maxTokens: "", extra: $("#cmp-extra").value });
-    } catch (error) {
-      return showError(errorBox, error.message);
     }
     body.models = models;
     const panes = models.map(pane);
     panesBox.replaceChildren(...panes.map((p) => p.el));
     let servedBy = [];
     running = new AbortController();
-    send.disabled = true;
-    stop.disabled = false;
-    const show = (p) => (p.stats.textContent = summary(p.meter, servedBy[panes.indexOf(p)] || "", session.prices(), p.finish));
+    busy(true);
+    const show = (p) => (p.stats.textContent = summary(p.meter, servedBy[p.index] || "", session.prices(), p.finish));
     try {
       await streamChat("../v1/fanout/chat/completions", {
         key: session.appKey(),
@@ -105,12 +101,11 @@ export function compare(session) {
       if (!stopped) showError(errorBox, explain(error));
     } finally {
       running = null;
-      send.disabled = false;
-      stop.disabled = true;
+      busy(false);
     }
   }
 
   const abort = () => running?.abort();
-  bindControls({ send, stop, input: user, run, abort });
+  const busy = bindControls({ send, stop, input: user, run, abort });
   return { stop: abort };
 }

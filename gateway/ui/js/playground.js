@@ -1,7 +1,7 @@
 // The playground: one model, a system and a user message, the answer as it streams.
 
 import { explain } from "./api.js";
-import { Meter, bindControls, requestBody, streamChat, summary } from "./chat.js";
+import { Meter, bindControls, formRequest, streamChat, summary } from "./chat.js";
 import { $, fmt, h, showError } from "./dom.js";
 
 export function playground(session) {
@@ -24,28 +24,16 @@ export function playground(session) {
     if (models.some((m) => m.id === chosen)) model.value = chosen;
   });
 
-  function busy(on) {
-    send.disabled = on;
-    stop.disabled = !on;
-  }
-
   async function run() {
     if (running) return;
-    showError(errorBox, null);
-    if (!session.appKey()) return showError(errorBox, "Enter an app key first (the field at the top).");
+    const body = formRequest(session, errorBox, {
+      system: $("#pg-system").value,
+      user: user.value,
+      maxTokens: $("#pg-max-tokens").value,
+      extra: $("#pg-extra").value,
+    });
+    if (!body) return;
     if (!model.value) return showError(errorBox, "Choose a model.");
-    if (!user.value.trim()) return showError(errorBox, "Write a message to send.");
-    let body;
-    try {
-      body = requestBody({
-        system: $("#pg-system").value,
-        user: user.value,
-        maxTokens: $("#pg-max-tokens").value,
-        extra: $("#pg-extra").value,
-      });
-    } catch (error) {
-      return showError(errorBox, error.message);
-    }
     body.model = model.value;
     output.replaceChildren();
     stats.textContent = "Waiting for the first token…";
@@ -88,6 +76,6 @@ export function playground(session) {
   }
 
   const abort = () => running?.abort();
-  bindControls({ send, stop, input: user, run, abort });
+  const busy = bindControls({ send, stop, input: user, run, abort });
   return { stop: abort };
 }
